@@ -1,0 +1,214 @@
+"""The one typed configuration of crawl2model, loaded from YAML plus `key=value` overrides.
+
+    from crawl2model.config import load_config
+    cfg = load_config("my.yaml", ["curate.language.min_score=0.5"], data_root="./c2m-data")
+
+Precedence: built-in defaults < YAML file < `key=value` overrides; the data root comes from
+`--data-root`, else `C2M_HOME`, else the file's `data_root`, else `./c2m-data`. A wrong key or
+value raises `ConfigError` naming the dotted key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration the user can fix: the message names the key and what is wrong."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestConfig(Section):
+    html_batch_size: int = Field(500, ge=1, description="HTML files per shard when reading folders")
+    max_record_bytes: int = Field(50_000_000, ge=1024, description="records above this are quarantined unread")
+
+
+class CrawlConfig(Section):
+    user_agent: str = "crawl2model/0.1 (+https://github.com/crawl2model/crawl2model)"
+    delay_seconds: float = Field(1.0, ge=0, description="minimum delay between requests to one host")
+    concurrency: int = Field(8, ge=1, description="requests in flight in total")
+    per_host_concurrency: int = Field(2, ge=1)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    max_bytes: int = Field(10_000_000, ge=1024, description="body size cap per response")
+    max_redirects: int = Field(5, ge=0)
+    warc_records_per_file: int = Field(1000, ge=1, description="responses per WARC file (one shard each)")
+
+
+class UrlFilterConfig(Section):
+    blocked_domains: list[str] = Field(default_factory=list, description="domains (and their subdomains) to drop")
+    blocked_domains_file: Path | None = Field(None, description="file with one blocked domain per line")
+    banned_url_words: list[str] = Field(
+        default_factory=lambda: ["porn", "xxx", "casino", "viagra", "escort", "hentai"],
+        description="a URL containing one of these as a word is dropped",
+    )
+
+
+class ExtractConfig(Section):
+    favor_precision: bool = True
+    favor_recall: bool = False
+    include_comments: bool = False
+    include_tables: bool = True
+    max_html_bytes: int = Field(5_000_000, ge=1024, description="pages above this are quarantined as too-large")
+    timeout_seconds: float = Field(10.0, gt=0, description="per-document extraction time limit")
+
+
+class LanguageConfig(Section):
+    languages: list[str] = Field(default_factory=lambda: ["en"], description="ISO 639-1 codes to keep")
+    min_score: float = Field(0.65, ge=0, le=1, description="FineWeb kept documents with score >= 0.65")
+
+
+class GopherRepetitionConfig(Section):
+    enabled: bool = True
+    dup_line_frac: float = 0.3
+    dup_para_frac: float = 0.3
+    dup_line_char_frac: float = 0.2
+    dup_para_char_frac: float = 0.2
+    top_n_grams: list[tuple[int, float]] = Field(default_factory=lambda: [(2, 0.2), (3, 0.18), (4, 0.16)])
+    dup_n_grams: list[tuple[int, float]] = Field(
+        default_factory=lambda: [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+    )
+
+
+class GopherQualityConfig(Section):
+    enabled: bool = True
+    min_doc_words: int = 50
+    max_doc_words: int = 100_000
+    min_avg_word_length: float = 3
+    max_avg_word_length: float = 10
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    max_non_alpha_words_ratio: float = 0.8
+    min_stop_words: int = 2
+    stop_words: list[str] = Field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+
+
+class C4Config(Section):
+    enabled: bool = True
+    split_paragraph: bool = True
+    remove_citations: bool = True
+    filter_no_terminal_punct: bool = False  # FineWeb's setting; C4 itself used True
+    min_num_sentences: int = 5
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+class FineWebConfig(Section):
+    enabled: bool = True
+    line_punct_thr: float = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+
+class QualityConfig(Section):
+    gopher_repetition: GopherRepetitionConfig = Field(default_factory=GopherRepetitionConfig)
+    gopher_quality: GopherQualityConfig = Field(default_factory=GopherQualityConfig)
+    c4: C4Config = Field(default_factory=C4Config)
+    fineweb: FineWebConfig = Field(default_factory=FineWebConfig)
+
+
+class CurateConfig(Section):
+    workers: int = Field(0, ge=0, description="worker processes; 0 = one per CPU core")
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes curated output (not workers, not crawl politeness)."""
+        return stable_hash(self.model_dump(mode="json", exclude={"workers", "crawl"}))
+
+
+class SampleConfig(Section):
+    max_mb: float = Field(12.0, gt=0, description="HTML megabytes of the bundled sample site")
+    packages: list[str] = Field(
+        default_factory=lambda: ["pandas", "sklearn", "scipy", "matplotlib", "torch", "sqlalchemy", "numpy"],
+        description="installed packages whose docstrings become the sample's article pages",
+    )
+
+
+class Config(Section):
+    data_root: Path = Path("c2m-data")
+    experiment: str = "crawl2model"
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of obj: identical for equal values on every run and machine."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {dotted!r}: {part!r} is a value, not a section")
+    node[leaf] = value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. curate.workers=2)")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    data_root: str | Path | None = None,
+) -> Config:
+    """Build the Config from defaults, an optional YAML file and `key=value` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(loaded).__name__}")
+        tree = loaded or {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+    if data_root is not None:
+        tree["data_root"] = str(data_root)
+    elif os.environ.get("C2M_HOME"):
+        tree["data_root"] = os.environ["C2M_HOME"]
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown config key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    cfg.data_root = cfg.data_root.expanduser().resolve()
+    return cfg

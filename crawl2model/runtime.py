@@ -1,0 +1,64 @@
+"""Process environment for the embedded Prefect and MLflow, all state inside the data root.
+
+    from crawl2model.runtime import prepare_environment, prefect_api
+    prepare_environment(root)      # call BEFORE importing prefect or mlflow
+    with prefect_api():            # one local Prefect server for the whole run
+        my_flow()
+
+Defaults (a variable the user already set always wins):
+  PREFECT_HOME=<root>/prefect, PREFECT_SERVER_ANALYTICS_ENABLED=false,
+  MLFLOW_TRACKING_URI=sqlite:///<root>/mlflow.db (artifacts in <root>/mlartifacts),
+  MLFLOW_DISABLE_TELEMETRY=true.
+Prefect's local mode otherwise starts a temporary API server in every process that touches it:
+with a process pool that is one server per worker (seconds each, and the run's state split over
+several databases). `prefect_api` starts one and exports its URL, so the workers share it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def prepare_environment(root: Path) -> None:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LOG_PRINTS": "false",
+        "PREFECT_TASKS_REFRESH_CACHE": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "C2M_HOME": str(root),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def artifact_root(root: Path) -> str:
+    return (Path(root) / "mlartifacts").resolve().as_uri()
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the Prefect API URL: the user's (PREFECT_API_URL), or one local server we start."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by worker processes
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline as a user reads it (one module per stage group), and the CLI."""

@@ -1,0 +1,213 @@
+"""The `crawl2model` command line.
+
+    crawl2model run                                   # whole pipeline on the bundled sample
+    crawl2model run --input crawl/ --until curate curate.language.min_score=0.5
+    crawl2model curate crawl/*.warc.gz pages/ urls.txt
+    crawl2model warehouse stats | funnel | rejections | sample
+    crawl2model --data-root /data/c2m --config my.yaml ...
+
+Options that apply everywhere come before the command (`--data-root`, `--config`); `key=value`
+items anywhere after it override the config (e.g. `curate.workers=4`). All state goes to the data
+root (`./c2m-data`, or `--data-root`, or `C2M_HOME`). Exit status: 0 done, 1 the run failed,
+2 a usage, input or config error (reported before any work starts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crawl2model.config import Config, ConfigError, load_config
+from crawl2model.runtime import prepare_environment
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Turn a web crawl into a trained, aligned, quantized language model.")
+warehouse_app = typer.Typer(no_args_is_help=True, help="Look at the curated warehouse (DuckDB).")
+app.add_typer(warehouse_app, name="warehouse")
+
+out = Console()
+err = Console(stderr=True)
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `key=value` config overrides from inputs (an existing path is always an input)."""
+    inputs, overrides = [], []
+    for item in items:
+        (overrides if _OVERRIDE.match(item) and not os.path.exists(item) else inputs).append(item)
+    return inputs, overrides
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where all state lives [default: $C2M_HOME or ./c2m-data]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file; key=value items override it."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    ctx.obj = {"data_root": data_root, "config": config}
+    if verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _config(ctx: typer.Context, overrides: list[str]) -> Config:
+    try:
+        cfg = load_config(ctx.obj["config"], overrides, ctx.obj["data_root"])
+    except ConfigError as exc:
+        fail(str(exc))
+    prepare_environment(cfg.data_root)  # before prefect or mlflow is imported
+    return cfg
+
+
+def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
+    from flows.pipeline import StageNotAvailable, check_until, run_pipeline
+    from tasks.ingest import InputError, resolve_inputs
+
+    try:
+        check_until(until)
+        if inputs:
+            resolve_inputs(inputs)
+    except (StageNotAvailable, InputError) as exc:
+        fail(str(exc))
+    try:
+        result = run_pipeline(inputs, cfg, until=until, show_progress=True)
+    except Exception as exc:
+        fail(f"{type(exc).__name__}: {exc}", code=1)
+    s = result.curate
+    _print_funnel(s.funnel)
+    what = "nothing new: every shard was already in the warehouse" if s.no_op else f"{s.shards_processed} shard(s) curated"
+    out.print(f"[bold green]snapshot {s.snapshot}[/]: {s.documents} documents kept ({s.text_chars / 1e6:.1f} MB of text), "
+              f"{s.rejections} rejections; {what} in {s.seconds:.1f}s")
+    out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
+    out.print(f"MLflow run {result.mlflow_run_id}: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def curate(
+    ctx: typer.Context,
+    items: list[str] = typer.Argument(..., metavar="INPUT... [KEY=VALUE]...",
+                                      help="WARC files, folders of HTML or WARC files, URL lists (.txt, one URL a line) or URLs."),
+) -> None:
+    """Curate inputs into the warehouse: URL filter, extraction, language and quality filters."""
+    inputs, overrides = split_overrides(items)
+    if not inputs:
+        fail("no input given: name WARC files, folders, URL lists or URLs")
+    _run(inputs, _config(ctx, overrides), until="curate")
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides."),
+    inputs: Optional[list[str]] = typer.Option(None, "--input", "-i", help="Input (repeatable); default: the bundled sample."),
+    until: str = typer.Option("curate", "--until", help="Last stage to run: curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register."),
+) -> None:
+    """Run the pipeline up to a stage, on the given inputs or the bundled sample."""
+    _, bad = split_overrides(overrides or [])
+    if len(bad) != len(overrides or []):
+        fail("positional items must be key=value overrides; give inputs with --input")
+    _run(inputs, _config(ctx, overrides or []), until)
+
+
+# --- warehouse ------------------------------------------------------------------------------
+
+
+def _warehouse(ctx: typer.Context):
+    from warehouse import Warehouse, WarehouseError
+
+    cfg = _config(ctx, [])
+    try:
+        return Warehouse.open(cfg.data_root, read_only=True)
+    except WarehouseError as exc:
+        fail(str(exc))
+
+
+def _table(rows: list[dict], title: str, columns: list[str] | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = columns or (list(rows[0]) if rows else [])
+    for col in columns:
+        numeric = rows and isinstance(rows[0].get(col), (int, float))
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns])
+    return table
+
+
+def _print_funnel(funnel: list[dict]) -> None:
+    rows = [{**r, "MB": r["bytes"] / 1e6} for r in funnel]
+    out.print(_table(rows, "funnel", ["stage", "docs_in", "docs_out", "docs_dropped", "docs_quarantined", "MB", "seconds"]))
+
+
+def _query(ctx: typer.Context, fn):
+    from warehouse import WarehouseError
+
+    with _warehouse(ctx) as wh:
+        try:
+            return fn(wh)
+        except WarehouseError as exc:
+            fail(str(exc))
+
+
+@warehouse_app.command("stats")
+def warehouse_stats(ctx: typer.Context) -> None:
+    """Snapshots with their document and rejection counts."""
+    rows = _query(ctx, lambda wh: wh.snapshots())
+    out.print(_table(rows, "snapshots"))
+
+
+@warehouse_app.command("funnel")
+def warehouse_funnel(ctx: typer.Context, snapshot: Optional[str] = typer.Option(None, help="Default: the newest.")) -> None:
+    """Documents in, out, dropped and quarantined per stage; the counts reconcile."""
+    _print_funnel(_query(ctx, lambda wh: wh.funnel(snapshot)))
+
+
+@warehouse_app.command("rejections")
+def warehouse_rejections(
+    ctx: typer.Context,
+    snapshot: Optional[str] = typer.Option(None, help="Default: the newest."),
+    stage: Optional[str] = typer.Option(None, help="Show examples of this stage."),
+    reason: Optional[str] = typer.Option(None, help="Show examples of this reason."),
+    limit: int = typer.Option(20, help="Examples to show."),
+) -> None:
+    """Rejections counted by stage and reason; with --stage/--reason, examples."""
+    counts, examples = _query(ctx, lambda wh: (wh.rejection_counts(snapshot),
+                                               wh.rejections(snapshot, stage, reason, limit) if stage or reason else []))
+    out.print(_table(counts, "rejections by reason"))
+    if examples:
+        out.print(_table(examples, "examples"))
+
+
+@warehouse_app.command("sample")
+def warehouse_sample(
+    ctx: typer.Context,
+    n: int = typer.Option(3, "-n", help="Documents to show."),
+    snapshot: Optional[str] = typer.Option(None, help="Default: the newest."),
+    seed: int = typer.Option(0, help="Another seed, other documents."),
+    chars: int = typer.Option(400, help="Characters of text to show."),
+) -> None:
+    """A few kept documents with the start of their text."""
+    for doc in _query(ctx, lambda wh: wh.sample(n, snapshot, seed)):
+        out.rule(f"{doc['title'] or '(no title)'}", align="left")
+        out.print(f"[dim]{doc['doc_id']}  {doc['url']}  {doc['lang']} {doc['lang_score']:.2f}  {doc['chars']} chars[/]",
+                  highlight=False)
+        out.print(doc["text"][:chars] + ("…" if len(doc["text"]) > chars else ""), highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

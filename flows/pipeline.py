@@ -1,0 +1,80 @@
+"""The end-to-end pipeline flow: one Prefect flow run and one MLflow parent run per pipeline run.
+
+    crawl2model run                          # the bundled sample, as far as the pipeline goes
+    crawl2model run --input crawl/ --until curate
+    from flows.pipeline import run_pipeline  # environment prepared (crawl2model.runtime) first
+    result = run_pipeline(["crawl/"], cfg, until="curate")
+
+Stage names are the same everywhere (flow and task names, MLflow runs, metric prefixes,
+`stage_stats`, `--until`). Stages run in order up to `until`; stages of later issues are named
+here already so `--until` means the same thing in every version.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prefect import flow
+from prefect.context import get_run_context
+
+from crawl2model.config import Config
+from crawl2model.runtime import prefect_api
+from flows.curate import CurateSummary, run_curate
+from flows.tracking import Tracking
+
+STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
+AVAILABLE = ("curate",)
+
+
+class StageNotAvailable(ValueError):
+    pass
+
+
+@dataclass
+class PipelineResult:
+    mlflow_run_id: str
+    prefect_flow_run_id: str
+    inputs: list[str]
+    curate: CurateSummary | None = None
+    seconds: float = 0.0
+
+
+def check_until(until: str) -> str:
+    if until not in STAGES:
+        raise StageNotAvailable(f"unknown stage {until!r}; stages in order: {', '.join(STAGES)}")
+    if until not in AVAILABLE:
+        raise StageNotAvailable(f"stage {until!r} is not built yet in this version; available: {', '.join(AVAILABLE)}")
+    return until
+
+
+@flow(name="crawl2model-pipeline", log_prints=False)
+def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-1],
+                  show_progress: bool = True) -> PipelineResult:
+    started = time.perf_counter()
+    flow_run_id = str(get_run_context().flow_run.id)
+    tracking = Tracking(cfg.data_root, cfg.experiment)
+    parent = tracking.start_run("pipeline", tags={"prefect.flow_run_id": flow_run_id, "until": until})
+    failed = True
+    try:
+        if not inputs:
+            from flows.sample import prepare_sample
+
+            inputs = [str(prepare_sample(cfg, show_progress=show_progress))]
+        tracking.log_params(parent, {"inputs": inputs, "until": until})
+        result = PipelineResult(parent, flow_run_id, list(inputs))
+        result.curate = run_curate(list(inputs), cfg, parent_run_id=parent, show_progress=show_progress)
+        result.seconds = time.perf_counter() - started
+        tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
+        failed = False
+        return result
+    finally:
+        tracking.end_run(parent, failed=failed)
+
+
+def run_pipeline(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-1],
+                 show_progress: bool = True) -> PipelineResult:
+    """Run the pipeline flow against one shared Prefect API (see crawl2model.runtime)."""
+    check_until(until)
+    with prefect_api():
+        return pipeline_flow(inputs, cfg, until, show_progress)

@@ -1,0 +1,47 @@
+"""The curation funnel as a Markdown table and as a PNG bar chart (for MLflow and Prefect).
+
+    md = funnel_markdown(wh.funnel(), wh.rejection_counts())
+    png_path = funnel_chart(wh.funnel(), title="snapshot ...")
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+
+def funnel_markdown(funnel: list[dict], reasons: list[dict] | None = None) -> str:
+    lines = ["| stage | in | out | dropped | quarantined | MB | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in funnel:
+        lines.append(f"| {r['stage']} | {r['docs_in']} | {r['docs_out']} | {r['docs_dropped']} | "
+                     f"{r['docs_quarantined']} | {r['bytes'] / 1e6:.2f} | {r['seconds']:.2f} |")
+    if reasons:
+        lines += ["", "| stage | reason | quarantined | documents |", "|---|---|---|---:|"]
+        lines += [f"| {r['stage']} | {r['reason']} | {r['quarantined']} | {r['n']} |" for r in reasons]
+    return "\n".join(lines) + "\n"
+
+
+def funnel_chart(funnel: list[dict], title: str) -> Path:
+    """Horizontal bars per stage: kept, dropped and quarantined documents."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [r["stage"] for r in funnel][::-1]
+    rows = funnel[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(stages) + 1.5))
+    kept = [r["docs_out"] for r in rows]
+    dropped = [r["docs_dropped"] for r in rows]
+    quarantined = [r["docs_quarantined"] for r in rows]
+    ax.barh(stages, kept, color="#2b8a3e", label="passed on")
+    ax.barh(stages, dropped, left=kept, color="#f08c00", label="dropped")
+    ax.barh(stages, quarantined, left=[k + d for k, d in zip(kept, dropped)], color="#c92a2a", label="quarantined")
+    ax.set_xlabel("documents")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(tempfile.mkdtemp(prefix="c2m-")) / "funnel.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,53 @@
+"""The bundled sample: what `crawl2model run` curates when no input is given. Works offline.
+
+    from flows.sample import prepare_sample
+    urls_txt = prepare_sample(cfg)     # <root>/sample/urls.txt, already crawled into <root>/crawl/
+
+The project makes it on the machine: `tasks.sample_site` renders the docstrings of installed
+packages as article pages, they are served on 127.0.0.1, and the URL list is crawled through the
+same path as any user's URL list (robots.txt honoured, WARC files written under the data root).
+The curate flow then finds that crawl in its cache. Once made, the sample is reused as it is,
+so a second `crawl2model run` is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from crawl2model.config import Config
+from flows.progress import progress_bar
+from tasks.crawl import crawl_key, load_or_crawl, load_result, read_url_list
+from tasks.sample_site import build_site, page_urls, serve_site
+
+
+def _crawled(urls: list[str], cfg: Config) -> bool:
+    return load_result(cfg.data_root / "crawl" / crawl_key(urls, cfg.curate.crawl)[:16]) is not None
+
+
+@task(name="bundled-sample", cache_policy=NONE)
+def prepare_sample(cfg: Config, show_progress: bool = True) -> Path:
+    home = cfg.data_root / "sample"
+    urls_file = home / "urls.txt"
+    if urls_file.exists() and _crawled(read_url_list(urls_file), cfg):
+        return urls_file
+    site = build_site(home / "site", cfg.sample.packages, cfg.sample.max_mb)
+    # Our own server on loopback: no need for the politeness delay a real host gets.
+    crawl_cfg = cfg.curate.crawl.model_copy(update={"delay_seconds": 0.0, "per_host_concurrency": 8})
+    with serve_site(site.root) as base_url:
+        urls = page_urls(site, base_url) + [base_url + "private/drafts.html"]  # robots.txt refuses the last
+        tmp = urls_file.with_suffix(".tmp")
+        tmp.write_text("# crawl2model bundled sample\n" + "\n".join(urls) + "\n", encoding="utf-8")
+        os.replace(tmp, urls_file)
+        with progress_bar("crawl sample", total=len(urls), enabled=show_progress) as advance:
+            done = [0]
+
+            def progress(n: int, total: int) -> None:
+                advance(n - done[0])
+                done[0] = n
+
+            load_or_crawl(urls, cfg.data_root / "crawl", crawl_cfg, progress)
+    return urls_file

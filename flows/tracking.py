@@ -1,0 +1,84 @@
+"""MLflow tracking by explicit run id: a parent run per pipeline run, a nested run per stage.
+
+    from flows.tracking import Tracking
+    tracking = Tracking(root, "crawl2model")
+    parent = tracking.start_run("pipeline", tags={"prefect.flow_run_id": "..."})
+    run = tracking.start_run("curate", parent_id=parent)
+    tracking.log_metrics(run, {"curate/docs_out": 10})
+    tracking.end_run(run)
+
+MLflow's "active run" is per thread, so nothing here uses it: every call names its run id and
+works the same from the flow, a worker thread or another process. Metric names are
+`stage/metric`. Artifacts of an embedded store go to `<root>/mlartifacts`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from crawl2model.runtime import artifact_root
+
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: nested config as MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class Tracking:
+    def __init__(self, root: Path, experiment: str):
+        self.client = MlflowClient()
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(root))
+
+    def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+        tags = dict(tags or {})
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def end_run(self, run_id: str, failed: bool = False) -> None:
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's limit per batch for params
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, metrics=items[i : i + _BATCH])
+
+    def log_files(self, run_id: str, files: Iterable[Path], artifact_path: str | None = None) -> None:
+        for path in files:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(text, encoding="utf-8")
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)

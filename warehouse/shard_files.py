@@ -1,0 +1,65 @@
+"""Per-shard Parquet output, written by worker processes, complete or absent.
+
+    from warehouse.shard_files import write_shard, shard_is_complete
+    write_shard(root, key, documents, rejections, stats)   # lists of row dicts
+
+Layout: `<root>/parquet/shards/<key>/{documents,rejections,stats}.parquet` (zstd). The three
+files are written into a temporary folder that is renamed into place last: a rename is atomic,
+so a shard killed half-way leaves only a `*.tmp-<pid>` folder, which is ignored and swept.
+Outside tools can read e.g. `read_parquet('<root>/parquet/shards/*/documents.parquet')`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.schema import DOCUMENTS, REJECTIONS, SHARD_STATS
+
+TABLES = {"documents": DOCUMENTS, "rejections": REJECTIONS, "stats": SHARD_STATS}
+
+
+def shards_root(root: Path) -> Path:
+    return Path(root) / "parquet" / "shards"
+
+
+def shard_dir(root: Path, key: str) -> Path:
+    return shards_root(root) / key
+
+
+def shard_is_complete(root: Path, key: str) -> bool:
+    return shard_dir(root, key).is_dir()
+
+
+def write_shard(root: Path, key: str, documents: list[dict], rejections: list[dict], stats: list[dict]) -> Path:
+    final = shard_dir(root, key)
+    if final.is_dir():
+        return final  # done before (a retry, or a second run racing us): same content by construction
+    tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, rows in (("documents", documents), ("rejections", rejections), ("stats", stats)):
+        table = pa.Table.from_pylist(rows, schema=TABLES[name])
+        pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def sweep_partial(root: Path) -> int:
+    """Remove the temporary folders that killed workers left behind; returns how many."""
+    base = shards_root(root)
+    if not base.is_dir():
+        return 0
+    partial = [p for p in base.iterdir() if ".tmp-" in p.name]
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(partial)
