@@ -33,6 +33,7 @@ def prepare_environment(root: Path) -> None:
         "PREFECT_TASKS_REFRESH_CACHE": "false",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
         "DO_NOT_TRACK": "1",
         "C2M_HOME": str(root),
     }

@@ -60,6 +60,7 @@ def main_options(
     ctx.obj = {"data_root": data_root, "config": config}
     if verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")
 
 
 def _config(ctx: typer.Context, overrides: list[str]) -> Config:

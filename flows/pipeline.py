@@ -12,6 +12,7 @@ here already so `--until` means the same thing in every version.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -76,5 +77,13 @@ def run_pipeline(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-
                  show_progress: bool = True) -> PipelineResult:
     """Run the pipeline flow against one shared Prefect API (see crawl2model.runtime)."""
     check_until(until)
+    # Creating or migrating the MLflow store takes seconds; do it while Prefect's server starts.
+    # Both import SQLAlchemy: import them here first, as concurrent first imports can deadlock.
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import prefect.server.api.server  # noqa: F401
+
+    warm_up = threading.Thread(target=Tracking, args=(cfg.data_root, cfg.experiment), daemon=True)
+    warm_up.start()
     with prefect_api():
+        warm_up.join()
         return pipeline_flow(inputs, cfg, until, show_progress)

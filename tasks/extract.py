@@ -18,6 +18,7 @@ search (htmldate) would cost ~60% more time per page.
 from __future__ import annotations
 
 import codecs
+import logging
 import re
 import signal
 import threading
@@ -32,6 +33,8 @@ from crawl2model.config import ExtractConfig
 from tasks.records import Page, Rejection
 
 STAGE = "extract"
+# trafilatura logs a warning per page it finds nothing in; the rejection row already says so.
+logging.getLogger("trafilatura").setLevel(logging.ERROR)
 
 _BINARY_MAGIC = {
     b"\x89PNG": "PNG image", b"\xff\xd8\xff": "JPEG image", b"GIF8": "GIF image", b"%PDF": "PDF document",
