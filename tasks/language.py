@@ -6,7 +6,8 @@
 
 The score is py3langid's normalised probability of the top language (FineWeb kept documents
 whose fastText score was >= 0.65; the same threshold is our default). Only the first
-`MAX_CHARS` characters are classified: more text does not change the verdict, it only costs.
+`MAX_CHARS` characters are classified: on longer text the verdict is settled by then and
+the rest only costs time (classification is linear in length).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from crawl2model.config import LanguageConfig
 from tasks.records import Rejection
 
 STAGE = "language"
-MAX_CHARS = 20_000
+MAX_CHARS = 5_000
 
 _identifier: LanguageIdentifier | None = None
 
