@@ -1,0 +1,79 @@
+"""The `crawl2model` command as a user runs it: real processes, a real data root.
+
+`crawl2model run` end to end on a small bundled sample (built, served on 127.0.0.1, crawled,
+curated), a re-run that changes nothing, the warehouse commands, and the errors a user can fix
+reported before any work (exit code 2, naming what is wrong).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def c2m(*args, root, env_extra=None, timeout=600):
+    env = dict(os.environ, C2M_HOME=str(root), COLUMNS="200", **(env_extra or {}))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_HOME", None)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_server):
+    root = tmp_path / "root"
+    # a small sample keeps the test short; the default is several MB
+    first = c2m("run", "sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", root=root,
+                env_extra={"PREFECT_API_URL": prefect_server})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "snapshot snap-" in first.stdout and "documents kept" in first.stdout
+    con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
+    docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()
+    robots = con.execute("select url from rejections where reason = 'robots-disallowed'").fetchall()
+    con.close()
+    assert docs[0] >= 20 and docs[0] == docs[1] and docs[2].startswith("http://127.0.0.1:")
+    assert [u for (u,) in robots] and robots[0][0].endswith("/private/drafts.html")
+    assert (root / "mlflow.db").is_file() and list((root / "crawl").glob("*/*.warc.gz"))
+
+    again = c2m("run", "sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", root=root,
+                env_extra={"PREFECT_API_URL": prefect_server})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing new" in again.stdout
+
+    funnel = c2m("warehouse", "funnel", root=root)
+    assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
+    stats = c2m("warehouse", "stats", root=root)
+    assert stats.returncode == 0 and "snap-" in stats.stdout
+    rejections = c2m("warehouse", "rejections", "--reason", "robots-disallowed", root=root)
+    assert rejections.returncode == 0 and "drafts.html" in rejections.stdout
+    sample = c2m("warehouse", "sample", "-n", "2", root=root)
+    assert sample.returncode == 0 and "chars" in sample.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["curate", "/no/such/file.warc.gz"], "does not exist"),
+    (["curate", "x.warc.gz", "curate.langauge.min_score=0.5"], "curate.langauge"),
+    (["curate", "x.warc.gz", "curate.language.min_score=lots"], "curate.language.min_score"),
+    (["run", "--until", "pretrain"], "not built yet"),
+    (["run", "--until", "fly"], "unknown stage"),
+    (["--config", "/no/such.yaml", "run"], "does not exist"),
+    (["warehouse", "funnel"], "no warehouse"),
+])
+def test_user_errors_are_clear_and_early(tmp_path, args, message):
+    result = c2m(*args, root=tmp_path / "root", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "root" / "warehouse.duckdb").exists()
+
+
+def test_help_names_the_commands(tmp_path):
+    result = c2m("--help", root=tmp_path)
+    assert result.returncode == 0
+    for command in ("run", "curate", "warehouse"):
+        assert command in result.stdout
