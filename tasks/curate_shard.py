@@ -118,48 +118,54 @@ class ShardCurator:
             counts["ingest"].docs_out += 1
             self.curate_page(item)
 
-    def curate_page(self, page: Page) -> None:
-        clock = time.perf_counter
+    def _step(self, stage: str, nbytes: int, page: Page, run):
+        """One stage on one record: counted in, timed, then passed on (its value) or rejected (None).
+        `run()` returns (value, rejection or None)."""
+        count = self._enter(stage, nbytes)
+        t0 = time.perf_counter()
+        value, rejection = run()
+        count.seconds += time.perf_counter() - t0
+        if rejection is not None:
+            self._reject(rejection, page)
+            return None
+        count.docs_out += 1
+        return value
 
-        t0 = clock()
-        stage = self._enter("url_filter", len(page.url))
-        rejection = self.url_filter(page)
-        stage.seconds += clock() - t0
-        if rejection:
-            return self._reject(rejection, page)
-        stage.docs_out += 1
-
-        t0 = clock()
-        stage = self._enter("extract", len(page.body))
-        extracted = self.extract(page)
-        stage.seconds += clock() - t0
-        if isinstance(extracted, Rejection):
-            return self._reject(extracted, page)
-        stage.docs_out += 1
-        assert isinstance(extracted, Extracted)
-
-        t0 = clock()
-        stage = self._enter("language", len(extracted.text))
-        lang, lang_score, rejection = self.language(extracted.text)
-        stage.seconds += clock() - t0
-        if rejection:
-            return self._reject(rejection, page)
-        stage.docs_out += 1
-
-        t0 = clock()
-        stage = self._enter("quality", len(extracted.text))
-        result = self.quality(extracted.text)
-        stage.seconds += clock() - t0
+    def _quality(self, text: str):
+        result = self.quality(text)
         if result.reason:
-            return self._reject(Rejection("quality", result.reason, f"{result.filter}: {result.detail}"), page)
-        stage.docs_out += 1
+            return result, Rejection("quality", result.reason, f"{result.filter}: {result.detail}")
+        return result, None
 
+    def curate_page(self, page: Page) -> None:
+        if self._step("url_filter", len(page.url), page, lambda: (page, self.url_filter(page))) is None:
+            return
+        extracted = self._step("extract", len(page.body), page, lambda: _split(self.extract(page)))
+        if extracted is None:
+            return
+        text = extracted.text
+        language = self._step("language", len(text), page, lambda: _pair(self.language(text)))
+        if language is None:
+            return
+        result = self._step("quality", len(text), page, lambda: self._quality(text))
+        if result is None:
+            return
+        lang, lang_score = language
         self.out.documents.append({
             "doc_id": page.doc_id, "url": page.url, "domain": domain_of(page.url), "source": page.source,
             "fetched_at": _timestamp(page.fetched_at), "title": extracted.title, "date": extracted.date,
             "text": result.text, "lang": lang, "lang_score": lang_score, "chars": len(result.text),
             "quality": result.signals, "snapshot": self.snapshot, "shard": self.shard_key,
         })
+
+
+def _split(extracted: Extracted | Rejection):
+    return (None, extracted) if isinstance(extracted, Rejection) else (extracted, None)
+
+
+def _pair(verdict: tuple[str, float, Rejection | None]):
+    lang, score, rejection = verdict
+    return (lang, score), rejection
 
 
 def curate_shard(shard: Shard, cfg: CurateConfig, snapshot: str) -> ShardOutput:
