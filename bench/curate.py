@@ -64,9 +64,24 @@ def prepare_input(scale: int) -> list[Path]:
         tmp.mkdir(parents=True)
         for copy in range(scale):
             for warc in crawl.warc_paths:
-                shutil.copy(warc, tmp / f"copy{copy}-{warc.name}")
+                _copy_warc(warc, tmp / f"copy{copy}-{warc.name}", copy)
         tmp.rename(scaled)
     return sorted(scaled.glob("*.warc.gz"))
+
+
+def _copy_warc(src: Path, dst: Path, copy: int) -> None:
+    """A copy of the crawl whose target URLs carry `?copy=N`: other documents to every tool (the
+    pipeline skips byte-identical inputs and duplicate URLs, so plain copies would not be work)."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.warcwriter import WARCWriter
+
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        writer = WARCWriter(out, gzip=True)
+        for record in ArchiveIterator(f):
+            uri = record.rec_headers.get_header("WARC-Target-URI")
+            if uri and copy:
+                record.rec_headers.replace_header("WARC-Target-URI", f"{uri}?copy={copy}")
+            writer.write_record(record)
 
 
 # --- the two crawl2model sides, each run in its own process ------------------------------------

@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 from prefect.task_runners import ProcessPoolTaskRunner
 
@@ -33,7 +32,7 @@ from crawl2model.config import Config, stable_hash
 from flows.progress import progress_bar
 from flows.report import funnel_chart, funnel_markdown
 from flows.tracking import Tracking, flatten
-from tasks.crawl import CrawlResult, load_or_crawl
+from tasks.crawl import CrawlResult, crawl_url_list
 from tasks.curate_shard import process_shard
 from tasks.ingest import Shard, plan_shards, resolve_inputs
 from warehouse import Warehouse
@@ -58,11 +57,6 @@ class CurateSummary:
         return self.shards_processed == 0
 
 
-@task(name="crawl-url-list", cache_policy=NONE, task_run_name="crawl {label}")
-def crawl_url_list(label: str, urls: list[str], cfg: Config) -> CrawlResult:
-    return load_or_crawl(urls, cfg.data_root / "crawl", cfg.curate.crawl)
-
-
 def _crawl_shard(label: str, urls: list[str], salt: str) -> Shard:
     """Crawl failures become a shard of their own: rejections plus the `crawl` stage counts."""
     key = "crawl-" + hashlib.sha256(f"{salt}|{json.dumps(urls)}".encode()).hexdigest()[:18]
@@ -79,7 +73,7 @@ def _write_crawl_shard(root: Path, key: str, result: CrawlResult) -> None:
     stats = [{"snapshot": "", "shard": key, "stage": "crawl", "stage_order": CURATE_STAGES.index("crawl"),
               "docs_in": result.urls, "docs_out": result.fetched, "docs_dropped": len(result.failures) - quarantined,
               "docs_quarantined": quarantined, "bytes": sum(p.stat().st_size for p in result.warc_paths),
-              "seconds": 0.0}]
+              "seconds": result.seconds}]
     write_shard(root, key, [], rejections, stats)
 
 
@@ -116,7 +110,7 @@ def curate_flow(inputs: list[str], cfg: Config, parent_run_id: str | None = None
     files = list(resolved.files)
     crawl_shards: list[tuple[Shard, CrawlResult]] = []
     for label, urls in resolved.url_lists:
-        result = crawl_url_list(label, urls, cfg)
+        result = crawl_url_list(label, urls, root / "crawl", cfg.curate.crawl)
         files.extend(result.warc_paths)
         crawl_shards.append((_crawl_shard(label, urls, salt), result))
     shards = plan_shards(files, cfg.curate.ingest.html_batch_size, salt)

@@ -47,6 +47,8 @@ from typing import Callable, Iterator, Sequence
 from urllib.robotparser import RobotFileParser
 
 import httpx
+from prefect import task
+from prefect.cache_policies import NONE
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -73,6 +75,7 @@ class CrawlResult:
     urls: int  # URLs asked for
     fetched: int  # responses written to the WARCs
     failures: list[Rejection] = field(default_factory=list)  # one per URL not written, in input order
+    seconds: float = 0.0  # wall time of the crawl that made it
 
 
 class _Failed(Exception):
@@ -291,6 +294,7 @@ def crawl(
     progress: Callable[[int, int], None] | None = None,
 ) -> CrawlResult:
     """Fetch every URL once into out_dir/crawl-NNNNN.warc.gz, then write out_dir/crawl.json."""
+    started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_outputs(out_dir)
@@ -352,7 +356,8 @@ def crawl(
 
     warc_paths = assemble_warcs(out_dir, spool_path, [spooled[i] for i in sorted(spooled)], cfg)
     spool_path.unlink()
-    result = CrawlResult(warc_paths, total, len(spooled), [failures[i] for i in sorted(failures)])
+    result = CrawlResult(warc_paths, total, len(spooled), [failures[i] for i in sorted(failures)],
+                         round(time.perf_counter() - started, 3))
     assert result.urls == result.fetched + len(result.failures)
     write_manifest(out_dir, result, cfg)
     return result
@@ -442,6 +447,7 @@ def write_manifest(out_dir: Path, result: CrawlResult, cfg: CrawlConfig) -> None
         "fetched": result.fetched,
         "failures": [asdict(f) for f in result.failures],
         "warc_files": [p.name for p in result.warc_paths],
+        "seconds": result.seconds,
         "settings": fetch_settings(cfg),
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
@@ -459,7 +465,7 @@ def load_result(out_dir: Path) -> CrawlResult | None:
         manifest = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
         paths = [Path(out_dir) / name for name in manifest["warc_files"]]
         failures = [Rejection(**f) for f in manifest["failures"]]
-        result = CrawlResult(paths, manifest["urls"], manifest["fetched"], failures)
+        result = CrawlResult(paths, manifest["urls"], manifest["fetched"], failures, manifest.get("seconds", 0.0))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not all(p.is_file() for p in paths) or result.urls != result.fetched + len(failures):
@@ -492,6 +498,12 @@ def load_or_crawl(
     if out_dir.exists():  # a crawl killed half-way: start it over
         shutil.rmtree(out_dir)
     return crawl(urls, out_dir, cfg, progress)
+
+
+@task(name="crawl-url-list", cache_policy=NONE, task_run_name="crawl {label}")
+def crawl_url_list(label: str, urls: list[str], crawl_root: Path, cfg: CrawlConfig) -> CrawlResult:
+    """The Prefect task around load_or_crawl: one URL list, from its cache when crawled before."""
+    return load_or_crawl(urls, crawl_root, cfg)
 
 
 # --- URL list files ---------------------------------------------------------------------

@@ -102,11 +102,14 @@ def resolve_inputs(items: list[str]) -> ResolvedInputs:
 def plan_shards(files: list[Path], html_batch_size: int, salt: str) -> list[Shard]:
     """Group input files into shards: each WARC alone, other files in sorted batches."""
     shards: list[Shard] = []
+    seen: set[str] = set()
     html: list[Path] = []
     for path in files:
         if _is_warc_name(path):
             key = hashlib.sha256(f"warc|{file_digest(path)}|{salt}".encode()).hexdigest()[:24]
-            shards.append(Shard(key, "warc", (str(path),), path.name))
+            if key not in seen:  # the same bytes under another name are the same shard
+                seen.add(key)
+                shards.append(Shard(key, "warc", (str(path),), path.name))
         else:
             html.append(path)
     for start in range(0, len(html), html_batch_size):
