@@ -44,6 +44,13 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time of this process and of its waited-for children (workers, Prefect's server)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_main": own.ru_utime + own.ru_stime, "cpu_children": children.ru_utime + children.ru_stime}
+
+
 def prepare_input(scale: int) -> list[Path]:
     """The bundled sample crawled into WARC files, copied `scale` times."""
     from crawl2model.config import load_config
@@ -111,7 +118,7 @@ def side_core(warcs: list[Path], workers: int) -> dict:
     seconds = time.perf_counter() - start
     docs_in = sum(r["docs_in"] for r in results)
     return {"tool": "crawl2model-core", "docs_in": docs_in, "docs_out": sum(r["docs_out"] for r in results),
-            "seconds": seconds, "docs_per_s": docs_in / seconds, "peak_rss_mb": peak_rss_mb()}
+            "seconds": seconds, "docs_per_s": docs_in / seconds, "peak_rss_mb": peak_rss_mb(), **cpu_seconds()}
 
 
 def side_flow(warcs: list[Path], workers: int) -> dict:
@@ -136,7 +143,7 @@ def side_flow(warcs: list[Path], workers: int) -> dict:
     ingest = next(r for r in summary.funnel if r["stage"] == "ingest")
     return {"tool": "crawl2model-flow", "docs_in": ingest["docs_in"], "docs_out": summary.documents,
             "seconds": seconds, "docs_per_s": ingest["docs_in"] / seconds, "peak_rss_mb": peak_rss_mb(),
-            "setup_seconds": setup}
+            "setup_seconds": setup, **cpu_seconds()}
 
 
 def run_side(side: str, warcs: list[Path], workers: int) -> dict:
@@ -185,6 +192,8 @@ def main() -> None:
     for name, r in best.items():
         print(f"{r['tool']:18s} {r['docs_per_s']:8.1f} {r['seconds']:8.1f} {r['docs_in']:8d} {r['docs_out']:8d} "
               f"{r['peak_rss_mb']:12.0f}")
+    print(f"CPU seconds, main process + children: core {core['cpu_main']:.1f} + {core['cpu_children']:.1f}, "
+          f"flow {flow['cpu_main']:.1f} + {flow['cpu_children']:.1f} (children: workers and Prefect's server)")
     print(f"\nPrefect + MLflow overhead (flow vs core): {report['flow_overhead'] * 100:+.1f}% (goal <= 5%); "
           f"one-time setup before the flow (Prefect server, MLflow store): {flow['setup_seconds']:.1f} s")
     if "datatrove" in best:
