@@ -13,10 +13,12 @@ so a second `crawl2model run` is a no-op.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
+from rich.console import Console
 
 from crawl2model.config import Config
 from flows.progress import progress_bar
@@ -34,7 +36,9 @@ def prepare_sample(cfg: Config, show_progress: bool = True) -> Path:
     urls_file = home / "urls.txt"
     if urls_file.exists() and _crawled(read_url_list(urls_file), cfg):
         return urls_file
-    site = build_site(home / "site", cfg.sample.packages, cfg.sample.max_mb)
+    building = "building the bundled sample from installed packages' docstrings"
+    with Console(stderr=True).status(building) if show_progress else nullcontext():
+        site = build_site(home / "site", cfg.sample.packages, cfg.sample.max_mb)
     # Our own server on loopback: no need for the politeness delay a real host gets.
     crawl_cfg = cfg.curate.crawl.model_copy(update={"delay_seconds": 0.0, "per_host_concurrency": 8})
     with serve_site(site.root) as base_url:
