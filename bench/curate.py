@@ -60,10 +60,10 @@ def prepare_input(scale: int) -> list[Path]:
     cfg = load_config(data_root=root)
     prepare_environment(root)
     from flows.sample import prepare_sample
-    from tasks.crawl import crawl_key, load_result, read_url_list
+    from tasks.crawl import cached_crawl, read_url_list
 
     urls_file = prepare_sample.fn(cfg, show_progress=True)
-    crawl = load_result(root / "crawl" / crawl_key(read_url_list(urls_file), cfg.curate.crawl)[:16])
+    crawl = cached_crawl(read_url_list(urls_file), root / "crawl", cfg.curate.crawl)
     scaled = OUT / f"warcs-x{scale}"
     if not scaled.is_dir():
         tmp = scaled.with_suffix(".tmp")

@@ -22,19 +22,15 @@ from rich.console import Console
 
 from crawl2model.config import Config
 from flows.progress import progress_bar
-from tasks.crawl import crawl_key, load_or_crawl, load_result, read_url_list
+from tasks.crawl import cached_crawl, load_or_crawl, read_url_list
 from tasks.sample_site import build_site, page_urls, serve_site
-
-
-def _crawled(urls: list[str], cfg: Config) -> bool:
-    return load_result(cfg.data_root / "crawl" / crawl_key(urls, cfg.curate.crawl)[:16]) is not None
 
 
 @task(name="bundled-sample", cache_policy=NONE)
 def prepare_sample(cfg: Config, show_progress: bool = True) -> Path:
     home = cfg.data_root / "sample"
     urls_file = home / "urls.txt"
-    if urls_file.exists() and _crawled(read_url_list(urls_file), cfg):
+    if urls_file.exists() and cached_crawl(read_url_list(urls_file), cfg.data_root / "crawl", cfg.curate.crawl):
         return urls_file
     building = "building the bundled sample from installed packages' docstrings"
     with Console(stderr=True).status(building) if show_progress else nullcontext():

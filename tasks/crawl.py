@@ -482,6 +482,16 @@ def crawl_key(urls: Sequence[str], cfg: CrawlConfig) -> str:
     return stable_hash({"urls": list(urls), **fetch_settings(cfg)})
 
 
+def crawl_dir(urls: Sequence[str], crawl_root: Path, cfg: CrawlConfig) -> Path:
+    """Where the crawl of this list with these settings lives (done or not)."""
+    return Path(crawl_root) / crawl_key(urls, cfg)[:16]
+
+
+def cached_crawl(urls: Sequence[str], crawl_root: Path, cfg: CrawlConfig) -> CrawlResult | None:
+    """The finished crawl of this list, without any network request; None if there is none."""
+    return load_result(crawl_dir(urls, crawl_root, cfg))
+
+
 def load_or_crawl(
     urls: Sequence[str],
     crawl_root: Path,
@@ -489,7 +499,7 @@ def load_or_crawl(
     progress: Callable[[int, int], None] | None = None,
 ) -> CrawlResult:
     """The finished crawl of this list under crawl_root/<key>/, crawling it first if needed."""
-    out_dir = Path(crawl_root) / crawl_key(urls, cfg)[:16]
+    out_dir = crawl_dir(urls, crawl_root, cfg)
     cached = load_result(out_dir)
     if cached is not None:
         if progress:
