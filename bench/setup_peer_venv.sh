@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# setup_peer_venv.sh -- create the virtualenv that runs the datatrove peer of the
-# curation benchmark (bench/datatrove_peer.py, driven by bench/peer.py).
+# setup_peer_venv.sh -- create the virtualenv that runs the datatrove peers of the
+# benchmarks: curation (bench/datatrove_peer.py, driven by bench/peer.py) and
+# MinHash near-dedup (bench/datatrove_minhash.py).
 #
 # Usage:  bash bench/setup_peer_venv.sh [VENV_DIR]
 #         (default VENV_DIR: bench/.venvs/datatrove, git-ignored)
@@ -29,6 +30,12 @@
 #   py3langid                  our English filter (replaces datatrove's
 #                              fastText LanguageFilter, which downloads weights
 #                              from the Hugging Face hub at run time)
+#   xxhash<4                   MinHash: HashConfig's default hash function
+#                              (xxhash64); the pin is datatrove's own
+#                              (its "processing" extra)
+#   tokenizers                 MinHash: importing datatrove.pipeline.dedup
+#                              (its __init__) imports exact_substrings, which
+#                              imports tokenizers; no model is loaded
 # Nothing here depends on torch.
 #
 # Idempotent: if the venv already has datatrove 0.10.1 and every module above
@@ -51,9 +58,11 @@ PACKAGES=(
   "regex"
   "spacy"
   "py3langid"
+  "xxhash<4"
+  "tokenizers"
 )
 
-# Imports that must work for bench/datatrove_peer.py to run.
+# Imports that must work for bench/datatrove_peer.py and bench/datatrove_minhash.py to run.
 CHECK_PY='
 import importlib.metadata as md, sys
 assert md.version("datatrove") == sys.argv[1], md.version("datatrove")
@@ -61,6 +70,10 @@ import datatrove.executor, datatrove.pipeline.readers, datatrove.pipeline.extrac
 import datatrove.pipeline.filters, datatrove.pipeline.writers
 import trafilatura, lxml_html_clean, warcio, cchardet, orjson, regex, py3langid
 import magic  # needs libmagic.so.1
+import xxhash, tokenizers
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+from datatrove.utils.hashing import HashConfig
+MinhashConfig(hash_config=HashConfig(precision=64))
 import spacy
 nlp = spacy.blank("en"); nlp.add_pipe("sentencizer")
 assert len(list(nlp("One sentence here. And another one.").sents)) == 2
@@ -71,7 +84,7 @@ print_versions() {
 import importlib.metadata as md
 for name in ("datatrove", "trafilatura", "lxml", "lxml_html_clean", "spacy",
              "py3langid", "warcio", "numpy", "huggingface-hub", "faust-cchardet",
-             "python-magic", "orjson"):
+             "python-magic", "orjson", "xxhash", "tokenizers"):
     try:
         print(f"  {name}=={md.version(name)}")
     except md.PackageNotFoundError:

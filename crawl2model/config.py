@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -139,6 +139,49 @@ class CurateConfig(Section):
         return stable_hash(self.model_dump(mode="json", exclude={"workers", "crawl"}))
 
 
+class DedupConfig(Section):
+    """Exact dedup, then MinHash LSH over word n-grams (FineWeb: 112 = 14 bands x 8 rows)."""
+    workers: int = Field(0, ge=0, description="signature processes; 0 = one per CPU core")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    bands: int = Field(14, ge=1)
+    rows: int = Field(8, ge=1, description="signature values per band; permutations = bands x rows")
+    seed: int = 1
+    verify: Literal["exact", "estimated", "none"] = Field(
+        "exact", description="merge an LSH candidate pair only when its Jaccard (exact on shingles, or "
+                             "estimated from signatures) reaches `threshold`; none merges every candidate")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard at which two documents are near duplicates")
+    max_bucket: int = Field(10_000, ge=2, description="LSH buckets above this size are logged as suspicious")
+
+    def fingerprint(self) -> str:
+        return stable_hash(self.model_dump(mode="json", exclude={"workers"}))
+
+    def signature_key(self) -> str:
+        """What signatures depend on: cached signatures stay valid while it is unchanged."""
+        return stable_hash([self.ngram, self.bands, self.rows, self.seed])[:12]
+
+
+class PiiConfig(Section):
+    """PII scrubbing (tasks.pii): which types, the replacement, the regions for national phone numbers."""
+    workers: int = Field(0, ge=0, description="scrubbing processes; 0 = one per CPU core")
+    types: list[Literal["email", "ip", "phone", "card", "iban"]] = Field(
+        default_factory=lambda: ["email", "ip", "phone", "card", "iban"])
+    replacement: str = Field("typed", description='"typed" (<EMAIL>), "redact" ([REDACTED]) or a template like "<{type}>"')
+    phone_regions: list[str] = Field(default_factory=lambda: ["US", "GB", "DE", "FR"])
+
+    @model_validator(mode="after")
+    def _scrubber_accepts_it(self) -> "PiiConfig":
+        self.scrubber()  # a bad replacement template or region fails here, before any work
+        return self
+
+    def scrubber(self):
+        from tasks.pii import PiiScrubber
+
+        return PiiScrubber(tuple(self.types), self.replacement, tuple(self.phone_regions))
+
+    def fingerprint(self) -> str:
+        return stable_hash(self.model_dump(mode="json", exclude={"workers"}))
+
+
 class SampleConfig(Section):
     max_mb: float = Field(8.0, gt=0, description="HTML MiB of the bundled sample site (at most)")
     packages: list[str] = Field(  # all installed with crawl2model; ~6.9 MiB of pages, ~5 MB of prose
@@ -152,6 +195,8 @@ class Config(Section):
     data_root: Path = Path("c2m-data")
     experiment: str = "crawl2model"
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
 

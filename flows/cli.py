@@ -3,7 +3,8 @@
     crawl2model run                                   # whole pipeline on the bundled sample
     crawl2model run --input crawl/ --until curate curate.language.min_score=0.5
     crawl2model curate crawl/*.warc.gz pages/ urls.txt
-    crawl2model warehouse stats | funnel | rejections | sample
+    crawl2model dedup | scrub                         # re-run one stage on the newest snapshot
+    crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
 
 Options that apply everywhere come before the command (`--data-root`, `--config`); `key=value`
@@ -87,12 +88,76 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
     except Exception as exc:
         fail(f"{type(exc).__name__}: {exc}", code=1)
     s = result.curate
-    _print_funnel(s.funnel)
     what = "nothing new: every shard was already in the warehouse" if s.no_op else f"{s.shards_processed} shard(s) curated"
-    out.print(f"[bold green]snapshot {s.snapshot}[/]: {s.documents} documents kept ({s.text_chars / 1e6:.1f} MB of text), "
+    out.print(f"[bold green]snapshot {s.snapshot}[/]: {s.documents} documents curated ({s.text_chars / 1e6:.1f} MB of text), "
               f"{s.rejections} rejections; {what} in {s.seconds:.1f}s")
+    for summary in result.dedup:
+        _print_dedup(summary)
+    for summary in result.pii:
+        _print_scrub(summary)
+    with _open_warehouse(cfg) as wh:
+        _print_funnel(wh.funnel(s.snapshot))
     out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
     out.print(f"MLflow run {result.mlflow_run_id}: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+
+
+def _print_dedup(summary) -> None:
+    r = summary.result
+    note = "  (nothing new: done before with this config)" if summary.no_op else ""
+    out.print(f"[bold green]dedup[/] {summary.snapshot}: {r['docs_in']} documents in, {r['exact_duplicates']} exact and "
+              f"{r['near_duplicates']} near duplicates removed, {r['docs_out']} kept; {r['candidate_pairs']} LSH "
+              f"candidate pairs, {r['merged_pairs']} merged, against {r['docs_earlier']} earlier documents{note}")
+
+
+def _print_scrub(summary) -> None:
+    t = summary.totals
+    note = "  (nothing new: done before with this config)" if summary.no_op else ""
+    kinds = ", ".join(f"{k.removeprefix('pii_')} {v}" for k, v in t.items() if k.startswith("pii_"))
+    out.print(f"[bold green]pii[/] {summary.snapshot}: {t['docs_with_pii']} of {t['docs']} documents held PII; "
+              f"replaced: {kinds}{note}")
+
+
+def _stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, force: bool, runner, printer) -> None:
+    from warehouse import WarehouseError
+
+    cfg = _config(ctx, overrides)
+    if not (cfg.data_root / "warehouse.duckdb").exists():
+        fail(f"no warehouse at {cfg.data_root}: run `crawl2model curate PATH` or `crawl2model run` first")
+    from flows.pipeline import in_session
+
+    try:
+        summary = in_session(cfg, runner, cfg, snapshot, None, True, force)
+    except WarehouseError as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"{type(exc).__name__}: {exc}", code=1)
+    printer(summary)
+
+
+@app.command()
+def dedup(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (dedup.*)."),
+    snapshot: Optional[str] = typer.Option(None, help="Snapshot to deduplicate [default: the newest]."),
+    force: bool = typer.Option(False, help="Run even when done before with the same config."),
+) -> None:
+    """Remove exact and MinHash near duplicates from a snapshot (against earlier snapshots too)."""
+    from flows.dedup import run_dedup
+
+    _stage(ctx, overrides or [], snapshot, force, run_dedup, _print_dedup)
+
+
+@app.command()
+def scrub(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (pii.*)."),
+    snapshot: Optional[str] = typer.Option(None, help="Snapshot to scrub [default: the newest]."),
+    force: bool = typer.Option(False, help="Run even when done before with the same config."),
+) -> None:
+    """Replace e-mails, public IPs, phone, card and IBAN numbers in a snapshot's text (stage pii)."""
+    from flows.scrub import run_scrub
+
+    _stage(ctx, overrides or [], snapshot, force, run_scrub, _print_scrub)
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -113,26 +178,32 @@ def run(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides."),
     inputs: Optional[list[str]] = typer.Option(None, "--input", "-i", help="Input (repeatable); default: the bundled sample."),
-    until: str = typer.Option("curate", "--until", help="Last stage to run: curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register."),
+    until: Optional[str] = typer.Option(None, "--until", help="Last stage to run: curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register [default: the last one built]."),
 ) -> None:
     """Run the pipeline up to a stage, on the given inputs or the bundled sample."""
     _, bad = split_overrides(overrides or [])
     if len(bad) != len(overrides or []):
         fail("positional items must be key=value overrides; give inputs with --input")
-    _run(inputs, _config(ctx, overrides or []), until)
+    cfg = _config(ctx, overrides or [])  # prepares the environment: before prefect is imported
+    from flows.pipeline import AVAILABLE
+
+    _run(inputs, cfg, until or AVAILABLE[-1])
 
 
 # --- warehouse ------------------------------------------------------------------------------
 
 
-def _warehouse(ctx: typer.Context):
+def _open_warehouse(cfg: Config):
     from warehouse import Warehouse, WarehouseError
 
-    cfg = _config(ctx, [])
     try:
         return Warehouse.open(cfg.data_root, read_only=True)
     except WarehouseError as exc:
         fail(str(exc))
+
+
+def _warehouse(ctx: typer.Context):
+    return _open_warehouse(_config(ctx, []))
 
 
 def _table(rows: list[dict], title: str, columns: list[str] | None = None) -> Table:
@@ -204,6 +275,16 @@ def warehouse_sample(
         out.print(f"[dim]{doc['doc_id']}  {doc['url']}  {doc['lang']} {doc['lang_score']:.2f}  {doc['chars']} chars[/]",
                   highlight=False)
         out.print(doc["text"][:chars] + ("…" if len(doc["text"]) > chars else ""), highlight=False)
+
+
+@warehouse_app.command("duplicates")
+def warehouse_duplicates(ctx: typer.Context, doc_id: str = typer.Argument(..., help="A document id.")) -> None:
+    """A document's dedup cluster, across snapshots: the kept document first, then the removed ones."""
+    rows = _query(ctx, lambda wh: wh.duplicates(doc_id))
+    for row in rows:
+        row["kept"] = "kept" if row["kept"] else f"removed ({row['reason']})"
+    out.print(_table(rows, f"cluster of {doc_id} ({len(rows)} documents)",
+                     ["kept", "doc_id", "snapshot", "title", "url", "chars"]))
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prefect import flow
 from prefect.context import get_run_context
@@ -22,10 +22,13 @@ from prefect.context import get_run_context
 from crawl2model.config import Config
 from crawl2model.runtime import prefect_api
 from flows.curate import CurateSummary, run_curate
+from flows.dedup import DedupSummary, run_dedup
+from flows.scrub import ScrubSummary, run_scrub
 from flows.tracking import Tracking
+from warehouse import Warehouse
 
 STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
-AVAILABLE = ("curate",)
+AVAILABLE = ("curate", "dedup", "pii")
 
 
 class StageNotAvailable(ValueError):
@@ -38,6 +41,8 @@ class PipelineResult:
     prefect_flow_run_id: str
     inputs: list[str]
     curate: CurateSummary | None = None
+    dedup: list[DedupSummary] = field(default_factory=list)  # one per snapshot processed
+    pii: list[ScrubSummary] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -47,6 +52,19 @@ def check_until(until: str) -> str:
     if until not in AVAILABLE:
         raise StageNotAvailable(f"stage {until!r} is not built yet in this version; available: {', '.join(AVAILABLE)}")
     return until
+
+
+def pending(cfg: Config, stage: str, config_hash: str, newest: str) -> list[str]:
+    """The snapshots `stage` still has to process, oldest first; at least `newest` (a no-op
+    there when it is done, which the run then reports)."""
+    with Warehouse.open(cfg.data_root, read_only=True) as wh:
+        todo = wh.pending_snapshots(stage, config_hash)
+    return todo if newest in todo else todo + [newest]
+
+
+def reaches(until: str, stage: str) -> bool:
+    """Whether a run `--until until` includes `stage`."""
+    return STAGES.index(stage) <= STAGES.index(until)
 
 
 @flow(name="crawl2model-pipeline", log_prints=False)
@@ -65,6 +83,15 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
         tracking.log_params(parent, {"inputs": inputs, "until": until})
         result = PipelineResult(parent, flow_run_id, list(inputs))
         result.curate = run_curate(list(inputs), cfg, parent_run_id=parent, show_progress=show_progress)
+        # The snapshot stages catch up on every snapshot they have not processed with this config,
+        # oldest first (each is deduplicated against the ones before it): a snapshot curated by an
+        # earlier `--until curate` run is deduplicated and scrubbed now, not skipped.
+        if reaches(until, "dedup"):
+            result.dedup = [run_dedup(cfg, snapshot, parent_run_id=parent, show_progress=show_progress)
+                            for snapshot in pending(cfg, "dedup", cfg.dedup.fingerprint(), result.curate.snapshot)]
+        if reaches(until, "pii"):
+            result.pii = [run_scrub(cfg, snapshot, parent_run_id=parent, show_progress=show_progress)
+                          for snapshot in pending(cfg, "pii", cfg.pii.fingerprint(), result.curate.snapshot)]
         result.seconds = time.perf_counter() - started
         tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
         failed = False
@@ -73,10 +100,8 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
         tracking.end_run(parent, failed=failed)
 
 
-def run_pipeline(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-1],
-                 show_progress: bool = True) -> PipelineResult:
-    """Run the pipeline flow against one shared Prefect API (see crawl2model.runtime)."""
-    check_until(until)
+def in_session(cfg: Config, fn, *args, **kwargs):
+    """Call a flow against one shared Prefect API (see crawl2model.runtime), the MLflow store ready."""
     # Creating or migrating the MLflow store takes seconds; do it while Prefect's server starts.
     # Both import SQLAlchemy: import them here first, as concurrent first imports can deadlock.
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
@@ -86,4 +111,11 @@ def run_pipeline(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-
     warm_up.start()
     with prefect_api():
         warm_up.join()
-        return pipeline_flow(inputs, cfg, until, show_progress)
+        return fn(*args, **kwargs)
+
+
+def run_pipeline(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-1],
+                 show_progress: bool = True) -> PipelineResult:
+    """The pipeline flow, up to `until`."""
+    check_until(until)
+    return in_session(cfg, pipeline_flow, inputs, cfg, until, show_progress)

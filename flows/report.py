@@ -1,7 +1,8 @@
-"""The curation funnel as a Markdown table and as a PNG bar chart (for MLflow and Prefect).
+"""Charts and tables for MLflow and Prefect: the funnel (Markdown, PNG) and dedup cluster sizes.
 
     md = funnel_markdown(wh.funnel(), wh.rejection_counts())
     png_path = funnel_chart(wh.funnel(), title="snapshot ...")
+    png_path = cluster_size_chart({2: 10, 3: 1}, title="dedup clusters")
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ def funnel_chart(funnel: list[dict], title: str) -> Path:
     ax.legend(loc="lower right")
     fig.tight_layout()
     path = Path(tempfile.mkdtemp(prefix="c2m-")) / "funnel.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def cluster_size_chart(sizes: dict, title: str) -> Path:
+    """Bars: how many dedup clusters have each size (2 or more documents)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted((int(size), n) for size, n in sizes.items())
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([str(size) for size, _ in counts], [n for _, n in counts], color="#1c7ed6")
+    ax.set_xlabel("documents in the cluster")
+    ax.set_ylabel("clusters")
+    ax.set_title(title if counts else f"{title}: no duplicates")
+    fig.tight_layout()
+    path = Path(tempfile.mkdtemp(prefix="c2m-")) / "cluster_sizes.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -53,7 +53,7 @@ import hashlib
 import sys
 import time
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -78,9 +78,9 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_hash(text: str) -> str:
+def exact_hash(text: str, normalized: bool = False) -> str:
     """Hex digest (blake2b, 16 bytes) of the normalized text: the key of exact dedup."""
-    return hashlib.blake2b(normalize(text).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b((text if normalized else normalize(text)).encode(), digest_size=16).hexdigest()
 
 
 def shingles(text: str, n: int = 5) -> list[bytes]:
@@ -154,12 +154,13 @@ class MinHasher:
         self._empty = MinHash(num_perm=num_perm, seed=seed, scheme="affine64", hashfunc=int)
         self._row_weights = _weights(rows, salt=0xBA4D)
 
-    def signatures(self, texts: Iterable[str]) -> np.ndarray:
-        """(len(texts), num_perm) uint64: one MinHash per text, its shingles in batches of CHUNK."""
+    def signatures(self, texts: Iterable[str], normalized: bool = False) -> np.ndarray:
+        """(len(texts), num_perm) uint64: one MinHash per text, its shingles in batches of CHUNK.
+        `normalized=True` says the texts already went through `normalize` (saves doing it twice)."""
         rows = []
         for text in texts:
             minhash = self._empty.copy()
-            hashes = _shingle_hashes(normalize(text), self.ngram)
+            hashes = _shingle_hashes(text if normalized else normalize(text), self.ngram)
             for start in range(0, len(hashes), self.CHUNK):
                 minhash.update_batch(hashes[start:start + self.CHUNK].tolist())
             rows.append(minhash.hashvalues)
@@ -203,20 +204,8 @@ def verified_pairs_exact(pairs: Sequence[tuple[str, str]], texts: Mapping[str, s
                          ngram: int = 5) -> list[tuple[str, str]]:
     """The pairs whose exact Jaccard on their shingles is at least `threshold`; `texts` is only
     read for documents in a pair (it may fetch lazily)."""
-    shingle_sets: dict[str, np.ndarray] = {}
-
-    def of(doc_id: str) -> np.ndarray:
-        if doc_id not in shingle_sets:
-            shingle_sets[doc_id] = np.unique(_shingle_hashes(normalize(texts[doc_id]), ngram))
-        return shingle_sets[doc_id]
-
-    kept = []
-    for a, b in pairs:
-        set_a, set_b = of(a), of(b)
-        common = len(np.intersect1d(set_a, set_b, assume_unique=True))
-        if common >= threshold * (len(set_a) + len(set_b) - common):
-            kept.append((a, b))
-    return kept
+    jaccard = ShingleJaccard(texts, ngram)
+    return [(a, b) for a, b in pairs if jaccard(a, b) >= threshold]
 
 
 # --- clusters --------------------------------------------------------------------------------
@@ -271,19 +260,57 @@ def cluster_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return {ids[0]: ids for ids in sets.clusters().values()}
 
 
+def kept_rank(doc: dict) -> tuple:
+    """Sort key of the document a cluster keeps: earliest snapshot, then longest text, then
+    smallest doc_id. Each dict has `doc_id`, `text` (or `chars`) and optionally
+    `snapshot_created_at` (anything comparable; absent counts as earliest). Keeping the earliest
+    snapshot's copy means a new crawl keeps only what is new; the longest text keeps the most."""
+    created = doc.get("snapshot_created_at")
+    chars = len(doc["text"]) if "text" in doc else doc["chars"]
+    return (created is not None, created or 0, -chars, doc["doc_id"])
+
+
 def choose_kept(cluster: list[dict]) -> dict:
-    """The document a cluster keeps: earliest snapshot, then longest text, then smallest doc_id.
+    """The document a cluster keeps (`kept_rank`)."""
+    return min(cluster, key=kept_rank)
 
-    Each dict has `doc_id`, `text` (or `chars`) and optionally `snapshot_created_at` (anything
-    comparable; absent counts as earliest). Keeping the earliest snapshot's copy means a new
-    crawl keeps only what is new; the longest text keeps the most content.
+
+def split_at_centers(members: list[str], rank: Callable[[str], tuple],
+                     similar: Callable[[str, str], bool]) -> list[list[str]]:
+    """Split a connected component into groups whose members are all similar to its center.
+
+    Union-find is single linkage: a chain of pairs above the threshold joins documents that are
+    far apart (a 0.85 copy of a 0.85 copy of X may be 0.7 from X). Here the best-ranked member is
+    a center, the members similar to it join it, and the rest is split again the same way, so
+    each removed document is similar to the document kept in its place. Groups come out with
+    their center first, in rank order.
     """
-    def rank(doc: dict) -> tuple:
-        created = doc.get("snapshot_created_at")
-        chars = len(doc["text"]) if "text" in doc else doc["chars"]
-        return (created is not None, created or 0, -chars, doc["doc_id"])
+    remaining = sorted(members, key=rank)
+    groups = []
+    while remaining:
+        center, rest = remaining[0], remaining[1:]
+        group = [center] + [m for m in rest if similar(center, m)]
+        groups.append(group)
+        joined = set(group)
+        remaining = [m for m in rest if m not in joined]
+    return groups
 
-    return min(cluster, key=rank)
+
+class ShingleJaccard:
+    """Exact Jaccard of two documents' shingle sets, each set computed once."""
+
+    def __init__(self, texts: Mapping[str, str], ngram: int = 5):
+        self.texts, self.ngram, self._sets = texts, ngram, {}
+
+    def _set(self, doc_id: str) -> np.ndarray:
+        if doc_id not in self._sets:
+            self._sets[doc_id] = np.unique(_shingle_hashes(normalize(self.texts[doc_id]), self.ngram))
+        return self._sets[doc_id]
+
+    def __call__(self, a: str, b: str) -> float:
+        set_a, set_b = self._set(a), self._set(b)
+        common = len(np.intersect1d(set_a, set_b, assume_unique=True))
+        return common / (len(set_a) + len(set_b) - common)
 
 
 def duplicates_to_remove(clusters: dict[str, list[str]], docs: dict[str, dict]) -> dict[str, str]:
@@ -305,19 +332,33 @@ class NearDuplicates:
 def near_duplicate_clusters(con, doc_ids: list[str], signatures: np.ndarray, hasher: MinHasher,
                             verify_threshold: float | None = None, texts: Mapping[str, str] | None = None,
                             table: str = "minhash_bands") -> NearDuplicates:
-    """Signatures -> band table in DuckDB -> candidate pairs -> verification -> union-find.
+    """Signatures -> band table in DuckDB -> candidate pairs -> verification -> union-find ->
+    groups split at their centers (`split_at_centers`; the center is the longest text).
 
     With `verify_threshold`, a candidate pair is merged only when its Jaccard reaches it:
     estimated from the signatures, or, when `texts` ({doc_id: text}) is given, computed
     exactly on the shingles of the candidate documents (the more precise of the two).
+    Without it every candidate pair is merged and components are not split.
     """
     write_band_table(con, table, doc_ids, hasher.band_hashes(signatures))
     candidates = pairs = candidate_pairs(con, table)
-    if verify_threshold is not None and texts is not None:
-        pairs = verified_pairs_exact(pairs, texts, verify_threshold, hasher.ngram)
-    elif verify_threshold is not None:
-        pairs = verified_pairs(pairs, doc_ids, signatures, verify_threshold)
-    return NearDuplicates(cluster_pairs(pairs), len(candidates), len(pairs))
+    if verify_threshold is None:
+        return NearDuplicates(cluster_pairs(pairs), len(candidates), len(pairs))
+    if texts is not None:
+        jaccard = ShingleJaccard(texts, hasher.ngram)
+        chars = {doc_id: len(texts[doc_id]) for pair in pairs for doc_id in pair}
+    else:
+        row = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+        jaccard = lambda a, b: estimated_jaccard(signatures[row[a]], signatures[row[b]])  # noqa: E731
+        chars = {}
+    pairs = [(a, b) for a, b in pairs if jaccard(a, b) >= verify_threshold]
+    groups = {}
+    for members in cluster_pairs(pairs).values():
+        for group in split_at_centers(members, lambda d: (-chars.get(d, 0), d),
+                                      lambda a, b: jaccard(a, b) >= verify_threshold):
+            if len(group) > 1:
+                groups[min(group)] = sorted(group)
+    return NearDuplicates(groups, len(candidates), len(pairs))
 
 
 # --- evaluation against brute force -----------------------------------------------------------

@@ -98,7 +98,8 @@ import phonenumbers
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 
-PII_TYPES = ("email", "ip", "phone", "card", "iban")
+from warehouse.schema import PII_TYPES
+
 # Of overlapping spans, the first type here wins (then the longer span).
 _SPECIFICITY = ("email", "iban", "card", "ip", "phone")
 REDACTED = "[REDACTED]"

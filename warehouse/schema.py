@@ -7,12 +7,22 @@ Tables (what later stages and outside tools rely on):
   stage_stats  view: shard_stats summed per snapshot and stage (the funnel)
   snapshots    one row per curation run over a set of inputs
   shards       ledger of loaded shards: a shard is loaded once, in one transaction
+  stage_runs   ledger of snapshot stages (dedup, pii): which config last ran on which snapshot
+  kept_documents  view: documents that dedup did not remove (what tokenizer and training read)
+
+Columns that later stages fill in on `documents` (NULL until that stage ran on the snapshot):
+  text_hash, dup_cluster, dup_cluster_size, duplicate_of   dedup (cluster id = its kept doc_id)
+  pii_email, pii_ip, pii_phone, pii_card, pii_iban         pii (replacements made per type)
 """
 
 import pyarrow as pa
 
 # Pipeline order of the curation stages, as they appear in stage_stats and the funnel.
 CURATE_STAGES = ("crawl", "ingest", "url_filter", "extract", "language", "quality", "store")
+# Every row of the funnel, in order: curation, then the snapshot stages (dedup is two rows).
+FUNNEL_STAGES = CURATE_STAGES + ("exact_dedup", "near_dedup", "pii")
+PII_TYPES = ("email", "ip", "phone", "card", "iban")
+PII_COLUMNS = tuple(f"pii_{t}" for t in PII_TYPES)
 
 DOCUMENTS = pa.schema([
     ("doc_id", pa.string()),
@@ -72,10 +82,21 @@ CREATE TABLE IF NOT EXISTS snapshots (
     config_hash VARCHAR, inputs JSON, counts JSON);
 CREATE TABLE IF NOT EXISTS shards (
     shard VARCHAR PRIMARY KEY, snapshot VARCHAR, kind VARCHAR, label VARCHAR, seq BIGINT, loaded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS stage_runs (
+    snapshot VARCHAR, stage VARCHAR, config_hash VARCHAR, finished_at TIMESTAMPTZ, summary JSON,
+    PRIMARY KEY (snapshot, stage));
+ALTER TABLE documents ADD COLUMN IF NOT EXISTS text_hash VARCHAR;
+ALTER TABLE documents ADD COLUMN IF NOT EXISTS dup_cluster VARCHAR;
+ALTER TABLE documents ADD COLUMN IF NOT EXISTS dup_cluster_size INTEGER;
+ALTER TABLE documents ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
+""" + "".join(f"ALTER TABLE documents ADD COLUMN IF NOT EXISTS {c} INTEGER;\n" for c in PII_COLUMNS) + \
+    "".join(f"ALTER TABLE shard_stats ADD COLUMN IF NOT EXISTS {c} BIGINT DEFAULT 0;\n" for c in PII_COLUMNS) + """
 CREATE OR REPLACE VIEW stage_stats AS
     SELECT snapshot, stage, min(stage_order) AS stage_order,
            sum(docs_in)::BIGINT AS docs_in, sum(docs_out)::BIGINT AS docs_out,
            sum(docs_dropped)::BIGINT AS docs_dropped, sum(docs_quarantined)::BIGINT AS docs_quarantined,
-           sum(bytes)::BIGINT AS bytes, round(sum(seconds), 3) AS seconds
+           sum(bytes)::BIGINT AS bytes, round(sum(seconds), 3) AS seconds,
+           """ + ", ".join(f"sum({c})::BIGINT AS {c}" for c in PII_COLUMNS) + """
     FROM shard_stats GROUP BY snapshot, stage;
+CREATE OR REPLACE VIEW kept_documents AS SELECT * FROM documents WHERE duplicate_of IS NULL;
 """

@@ -63,3 +63,29 @@ def sweep_partial(root: Path) -> int:
     for p in partial:
         shutil.rmtree(p, ignore_errors=True)
     return len(partial)
+
+
+# --- per-shard outputs of the snapshot stages (dedup signatures, scrubbed text) -----------------
+
+def stage_file(root: Path, stage: str, key: str, shard: str) -> Path:
+    """`<root>/parquet/<stage>/<key>/<shard>.parquet`: one shard's output under one config key."""
+    return Path(root) / "parquet" / stage / key / f"{shard}.parquet"
+
+
+def write_table(path: Path, table: pa.Table) -> Path:
+    """Write a Parquet file (zstd) under a temporary name and rename it: complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def read_curated(root: Path, shard: str, columns: list[str]) -> pa.Table:
+    """Columns of a shard's curated documents, as curation wrote them (before any later stage)."""
+    path = shard_dir(root, shard) / "documents.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: the snapshot stages read each shard's curated Parquet; restore it or "
+            f"curate the inputs into a fresh data root")
+    return pq.read_table(path, columns=columns)

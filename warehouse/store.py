@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.schema import CURATE_STAGES, DDL
+from warehouse.schema import CURATE_STAGES, DDL, PII_COLUMNS
 from warehouse.shard_files import shard_dir
 
 DB_NAME = "warehouse.duckdb"
@@ -121,7 +121,7 @@ class Warehouse:
                 """CREATE OR REPLACE TEMP TABLE duplicate AS
                    SELECT i.doc_id, i.url, i.source,
                           CASE WHEN d.doc_id IS NOT NULL THEN 'duplicate-document' ELSE 'duplicate-url' END AS reason,
-                          CASE WHEN d.doc_id IS NOT NULL THEN 'already stored in snapshot ' || d.snapshot
+                          CASE WHEN d.doc_id IS NOT NULL THEN 'doc_id ' || d.doc_id || ' already stored in snapshot ' || d.snapshot
                                ELSE 'kept doc_id ' || u.doc_id END AS detail
                    FROM incoming i
                    LEFT JOIN documents d ON d.doc_id = i.doc_id
@@ -130,21 +130,25 @@ class Warehouse:
                    WHERE d.doc_id IS NOT NULL OR u.url IS NOT NULL""",
                 [snapshot],
             )
-            con.execute("INSERT INTO documents SELECT * FROM incoming WHERE doc_id NOT IN (SELECT doc_id FROM duplicate)")
+            con.execute("INSERT INTO documents BY NAME SELECT * FROM incoming WHERE doc_id NOT IN (SELECT doc_id FROM duplicate)")
             con.execute("INSERT INTO rejections SELECT * REPLACE (?::VARCHAR AS snapshot) FROM read_parquet(?)",
                         [snapshot, str(folder / "rejections.parquet")])
             con.execute(
-                "INSERT INTO rejections SELECT doc_id, url, source, 'store', reason, detail, false, ?, ? FROM duplicate",
+                # A document already stored is not removed: its rejection row names the URL, not the doc_id
+                # (a doc_id in `rejections` means that document is not among the kept ones).
+                "INSERT INTO rejections SELECT CASE WHEN reason = 'duplicate-document' THEN NULL ELSE doc_id END, "
+                "url, source, 'store', reason, detail, false, ?, ? FROM duplicate",
                 [snapshot, key],
             )
-            con.execute("INSERT INTO shard_stats SELECT * REPLACE (?::VARCHAR AS snapshot) FROM read_parquet(?)",
+            con.execute("INSERT INTO shard_stats BY NAME SELECT * REPLACE (?::VARCHAR AS snapshot) FROM read_parquet(?)",
                         [snapshot, str(folder / "stats.parquet")])
             incoming = self._value("SELECT count(*) FROM incoming")
             duplicates = self._value("SELECT count(*) FROM duplicate")
             if incoming:
                 nbytes = self._value("SELECT coalesce(sum(strlen(text)), 0) FROM incoming")
                 con.execute(
-                    "INSERT INTO shard_stats VALUES (?, ?, 'store', ?, ?, ?, ?, 0, ?, 0)",
+                    "INSERT INTO shard_stats (snapshot, shard, stage, stage_order, docs_in, docs_out, docs_dropped, "
+                    "docs_quarantined, bytes, seconds) VALUES (?, ?, 'store', ?, ?, ?, ?, 0, ?, 0)",
                     [snapshot, key, CURATE_STAGES.index("store"), incoming, incoming - duplicates, duplicates, nbytes],
                 )
             seq = self._value("SELECT coalesce(max(seq), 0) + 1 FROM shards")
@@ -156,6 +160,52 @@ class Warehouse:
         finally:
             con.execute("DROP TABLE IF EXISTS incoming; DROP TABLE IF EXISTS duplicate")
         return {"stored": incoming - duplicates, "duplicates": duplicates}
+
+    # --- the snapshot stages (dedup, pii) ---------------------------------------------------
+
+    def require_complete(self, snapshot: str) -> None:
+        status = self.snapshot_status(snapshot)
+        if status != "complete":
+            raise WarehouseError(f"snapshot {snapshot} is {status or 'missing'}: its curation did not finish; "
+                                 f"re-run `crawl2model curate` (or `run`) on the same inputs first")
+
+    def stage_run(self, snapshot: str, stage: str) -> dict | None:
+        """The ledger row of `stage` on `snapshot` (config_hash, finished_at, summary) or None."""
+        rows = self._rows("SELECT config_hash, finished_at, summary FROM stage_runs WHERE snapshot = ? AND stage = ?",
+                          [snapshot, stage])
+        if not rows:
+            return None
+        return {**rows[0], "summary": json.loads(rows[0]["summary"] or "{}")}
+
+    def pending_snapshots(self, stage: str, config_hash: str) -> list[str]:
+        """Complete snapshots, oldest first, that `stage` has not processed with this config."""
+        return [r[0] for r in self.con.execute(
+            "SELECT s.snapshot FROM snapshots s LEFT JOIN stage_runs r ON r.snapshot = s.snapshot AND r.stage = ? "
+            "WHERE s.status = 'complete' AND (r.config_hash IS NULL OR r.config_hash <> ?) ORDER BY s.created_at",
+            [stage, config_hash]).fetchall()]
+
+    def snapshot_shards(self, snapshot: str) -> list[str]:
+        """The shards holding this snapshot's documents, in load order."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT d.shard, s.seq FROM documents d JOIN shards s USING (shard) WHERE d.snapshot = ? "
+            "ORDER BY s.seq", [snapshot]).fetchall()]
+
+    def documents_with_pii(self, snapshot: str, limit: int = 50) -> list[dict]:
+        return self._rows(
+            "SELECT doc_id, text FROM documents WHERE snapshot = ? AND "
+            + " + ".join(f"coalesce({c}, 0)" for c in PII_COLUMNS) + " > 0 ORDER BY doc_id LIMIT ?",
+            [snapshot, limit])
+
+    def duplicates(self, doc_id: str) -> list[dict]:
+        """The dedup cluster of a document (any snapshot), the kept document first."""
+        from warehouse.dedup_queries import cluster_of
+
+        row = self._rows("SELECT snapshot, dup_cluster FROM documents WHERE doc_id = ?", [doc_id])
+        if not row:
+            raise WarehouseError(f"no document {doc_id!r} in the warehouse (`crawl2model warehouse sample` shows some)")
+        if row[0]["dup_cluster"] is None:
+            raise WarehouseError(f"snapshot {row[0]['snapshot']} is not deduplicated yet: run `crawl2model dedup`")
+        return cluster_of(self.con, doc_id)
 
     # --- queries ---------------------------------------------------------------------------
 
