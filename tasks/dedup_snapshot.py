@@ -17,10 +17,11 @@ Steps, all but the clustering in DuckDB:
 5. union-find over exact pairs and merged candidates; each component is split at centers
    (tasks.dedup.split_at_centers) so that every member of a cluster is similar to the one it
    keeps, the best by tasks.dedup.kept_rank (earliest snapshot, longest text, smallest
-   doc_id): single linkage alone would join a 0.85 copy of a 0.85 copy to a text 0.7 away. A removed
-   document is an `exact_duplicate` when its text_hash equals the kept one's, else a
-   `near_duplicate`; only documents of this snapshot are ever marked, earlier ones stay as
-   they are;
+   doc_id): single linkage alone would join a 0.85 copy of a 0.85 copy to a text 0.7 away.
+   As if exact dedup ran first, a removed document is an `exact_duplicate` when a better-ranked
+   member of its cluster has the same text_hash, else a `near_duplicate`; either way its
+   `duplicate_of` is the cluster's kept document. Only documents of this snapshot are ever
+   marked; earlier ones stay as they are;
 6. one transaction stores cluster id (= the kept doc_id) and size on `documents`, rejections
    with the kept doc_id, the `exact_dedup` and `near_dedup` rows of `stage_stats`, and the
    ledger row, replacing any earlier dedup of the snapshot.
@@ -135,16 +136,19 @@ def deduplicate_snapshot(wh, snapshot: str, cfg: DedupConfig, signature_files: l
 
     rows: dict[str, list] = {"doc_id": [], "dup_cluster": [], "dup_cluster_size": [], "duplicate_of": [], "reason": []}
     sizes: Counter[int] = Counter()
-    for ids in clusters:
+    for ids in clusters:  # each in rank order, the kept document first
         kept = docs[ids[0]]
         sizes[len(ids)] += 1
+        seen_hashes = set()
         for doc_id in ids:
+            text_hash = docs[doc_id]["text_hash"]
+            removed = doc_id != kept["doc_id"]
+            # Exact dedup first: the best of each text_hash stands for it, the others are exact
+            # duplicates; then the near dedup removes the best of every other hash.
+            reason = None if not removed else "exact_duplicate" if text_hash in seen_hashes else "near_duplicate"
+            seen_hashes.add(text_hash)
             if not docs[doc_id]["new"]:
                 continue  # an earlier snapshot's document: already decided, never changed here
-            removed = doc_id != kept["doc_id"]
-            reason = None
-            if removed:
-                reason = "exact_duplicate" if docs[doc_id]["text_hash"] == kept["text_hash"] else "near_duplicate"
             for column, value in zip(rows, (doc_id, kept["doc_id"], len(ids), kept["doc_id"] if removed else None, reason)):
                 rows[column].append(value)
     decisions = pa.table(rows, schema=pa.schema([("doc_id", pa.string()), ("dup_cluster", pa.string()),

@@ -32,11 +32,15 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     first = c2m("run", "sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "snapshot snap-" in first.stdout and "documents kept" in first.stdout
+    assert "snapshot snap-" in first.stdout and "documents curated" in first.stdout
+    assert "dedup snap-" in first.stdout and "pii snap-" in first.stdout  # the default runs every stage built
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()
     robots = con.execute("select url from rejections where reason = 'robots-disallowed'").fetchall()
+    unprocessed = con.execute("select count(*) from documents where dup_cluster is null or pii_email is null").fetchone()
+    some_doc = con.execute("select min(doc_id) from kept_documents").fetchone()[0]
     con.close()
+    assert unprocessed == (0,)
     assert docs[0] >= 20 and docs[0] == docs[1] and docs[2].startswith("http://127.0.0.1:")
     assert [u for (u,) in robots] and robots[0][0].endswith("/private/drafts.html")
     assert (root / "mlflow.db").is_file() and list((root / "crawl").glob("*/*.warc.gz"))
@@ -44,7 +48,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     again = c2m("run", "sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "nothing new" in again.stdout
+    assert again.stdout.count("nothing new") == 3  # curate, dedup and pii
 
     funnel = c2m("warehouse", "funnel", root=root)
     assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
@@ -54,6 +58,8 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert rejections.returncode == 0 and "drafts.html" in rejections.stdout
     sample = c2m("warehouse", "sample", "-n", "2", root=root)
     assert sample.returncode == 0 and "chars" in sample.stdout
+    cluster = c2m("warehouse", "duplicates", some_doc, root=root)
+    assert cluster.returncode == 0 and some_doc in cluster.stdout and "kept" in cluster.stdout
 
 
 @pytest.mark.parametrize("args, message", [
