@@ -1,5 +1,5 @@
 """Dedup, the plain core: exact hashes of normalized text, MinHash signatures, LSH bands,
-union-find clusters and the rule that keeps one document per cluster.
+union-find, the split of components at their centers and the rule that picks the kept document.
 
     from tasks.dedup import MinHasher, exact_hash, near_duplicate_clusters, duplicates_to_remove
     key = exact_hash(text)                  # equal for texts that differ in case/space/punctuation
@@ -10,31 +10,34 @@ union-find clusters and the rule that keeps one document per cluster.
 
     python -m tasks.dedup      # the S-curve, and precision/recall on ../shared/data/neardup
 
+The pipeline's stage runs the same pieces over a warehouse snapshot (tasks.dedup_snapshot);
+`near_duplicate_clusters` and `evaluate` are the in-memory path used to measure them.
+
 Text is normalized (NFKC, case folded, Unicode punctuation to spaces, whitespace collapsed)
 before hashing and shingling. Shingles are word 5-grams of the normalized text (a text shorter
 than 5 words is one shingle). A pair with Jaccard s on those shingles becomes an LSH candidate
 with probability 1 - (1 - s**rows)**bands (`s_curve`: 0.77 at 0.75, 0.92 at 0.8, 0.99 at 0.85
 for 14 x 8). Candidates come from DuckDB (warehouse.dedup_queries), may be verified, and are
-joined by union-find. A cluster keeps the document of the earliest snapshot, then the longest
-text, then the smallest doc_id (`choose_kept`).
+joined by union-find; each component is then split at centers (`split_at_centers`), so every
+document removed is similar to the one kept in its place: union-find alone is single linkage
+and would join a 0.85 copy of a 0.85 copy to a text 0.7 away. A cluster keeps the document of
+the earliest snapshot, then the longest text, then the smallest doc_id (`kept_rank`).
 
 Verification, measured with `evaluate` (pair-level, truth = exact shingle Jaccard >= 0.8,
 predicted = same cluster) on the 330 neardup texts (164 true pairs) and on generated copies
-of its 55 articles with 0.5%, 1%, 3% and 10% of words substituted (166 true pairs):
+of its 55 articles with 0.5%, 1%, 3% and 10% of words substituted (tests/test_dedup.py):
 
     verification               neardup P / R     generated edits P / R
-    none                       0.66 / 0.99       0.55 / 1.00
-    estimated >= 0.78          0.98 / 0.97       0.79 / 1.00
-    estimated >= 0.80          0.99 / 0.95       0.87 / 1.00
-    exact >= 0.80 (texts)      0.99 / 0.99       0.99 / 1.00
+    none (datatrove's way)     0.69 / 0.99       0.53 / 1.00
+    estimated >= 0.78          0.98 / 0.96
+    exact >= 0.80 (default)    1.00 / 0.98       1.00 / 0.99
 
-(means over 10 to 30 seeds.) Without verification LSH lets in most pairs near 0.7 (the -v2
-variants, the 3% copies): precision is poor. The signature estimate has a standard deviation
-of ~0.04 at 112 permutations, so pairs at 0.75 still pass now and then; the exact Jaccard of
-the candidates alone (their shingles recomputed) meets the 0.95 goal on both sets. Limits:
-union-find is single linkage, so a chain of pairs above 0.8 joins documents that are pairwise
-below it (copies at 0.5..8% edits: precision 0.70 even with exact verification); and a
-candidate is only verified against its bucket's smallest doc_id (pairs are stars).
+Without verification LSH lets in most pairs near 0.7 (the -v2 variants, the 3% copies):
+precision is poor. The signature estimate has a standard deviation of ~0.04 at 112
+permutations, so pairs at 0.75 still pass now and then; the exact Jaccard of the candidates
+(their shingles recomputed from the text) meets the 0.95 goal on both sets. Recall lost: LSH
+misses ~8% of pairs at exactly 0.8, and a candidate is only verified against its bucket's
+smallest doc_id (pairs are stars).
 
 Signatures use datasketch's MinHash ("affine64" scheme: a 64-bit MurmurHash3 pre-mix, then
 a*h + b mod 2**64 per permutation, applied to all of a document's shingles at once by
@@ -186,26 +189,6 @@ def s_curve(bands: int, rows: int, points: Sequence[float] = (0.5, 0.6, 0.7, 0.7
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     """Fraction of equal signature values: an unbiased estimate of the shingles' Jaccard."""
     return float(np.mean(np.asarray(sig_a) == np.asarray(sig_b)))
-
-
-def verified_pairs(pairs: Sequence[tuple[str, str]], doc_ids: Sequence[str], signatures: np.ndarray,
-                   threshold: float) -> list[tuple[str, str]]:
-    """The pairs whose estimated Jaccard (from their signatures) is at least `threshold`."""
-    if not pairs:
-        return []
-    row = {doc_id: i for i, doc_id in enumerate(doc_ids)}
-    left = np.fromiter((row[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))
-    right = np.fromiter((row[b] for _, b in pairs), dtype=np.int64, count=len(pairs))
-    estimates = (signatures[left] == signatures[right]).mean(axis=1)
-    return [pair for pair, keep in zip(pairs, estimates >= threshold) if keep]
-
-
-def verified_pairs_exact(pairs: Sequence[tuple[str, str]], texts: Mapping[str, str], threshold: float,
-                         ngram: int = 5) -> list[tuple[str, str]]:
-    """The pairs whose exact Jaccard on their shingles is at least `threshold`; `texts` is only
-    read for documents in a pair (it may fetch lazily)."""
-    jaccard = ShingleJaccard(texts, ngram)
-    return [(a, b) for a, b in pairs if jaccard(a, b) >= threshold]
 
 
 # --- clusters --------------------------------------------------------------------------------

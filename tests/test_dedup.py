@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tasks.dedup import (
     MinHasher,
+    ShingleJaccard,
     UnionFind,
     _shingle_hashes,
     candidate_probability,
@@ -30,9 +31,8 @@ from tasks.dedup import (
     normalize,
     s_curve,
     shingles,
+    split_at_centers,
     true_duplicate_pairs,
-    verified_pairs,
-    verified_pairs_exact,
 )
 from tests.conftest import shared
 from warehouse.dedup_queries import candidate_pairs, write_band_table
@@ -278,14 +278,22 @@ def test_choose_kept_earliest_snapshot_then_longest_then_smallest_id():
     assert choose_kept(list(reversed(cluster)))["doc_id"] == "c"
 
 
-def test_verified_pairs_drop_pairs_below_the_threshold(neardup):
+def test_shingle_jaccard_is_exact_and_symmetric(neardup):
     by_id = {d["doc_id"]: d["text"] for d in neardup}
-    ids = ["05844573ca7e", "05844573ca7e-v0", "05844573ca7e-v3"]   # Jaccard 0.99 and 0.47 to the first
-    signatures = MinHasher().signatures([by_id[i] for i in ids])
-    pairs = [(ids[0], ids[1]), (ids[0], ids[2])]
-    assert verified_pairs(pairs, ids, signatures, 0.8) == pairs[:1]
-    assert verified_pairs_exact(pairs, by_id, 0.8) == pairs[:1]
-    assert verified_pairs_exact(pairs, by_id, 0.4) == pairs
+    jaccard = ShingleJaccard(by_id)
+    a, b = set(shingles(by_id["05844573ca7e"])), set(shingles(by_id["05844573ca7e-v3"]))
+    assert jaccard("05844573ca7e", "05844573ca7e-v3") == pytest.approx(len(a & b) / len(a | b))
+    assert jaccard("05844573ca7e-v3", "05844573ca7e") == jaccard("05844573ca7e", "05844573ca7e-v3")
+    assert jaccard("05844573ca7e", "05844573ca7e") == 1.0
+
+
+def test_split_at_centers_keeps_every_member_close_to_its_center():
+    # a chain a-b-c where a and c are not similar: c must not be removed in a's place
+    similar_pairs = {("a", "b"), ("b", "c")}
+    similar = lambda x, y: (x, y) in similar_pairs or (y, x) in similar_pairs  # noqa: E731
+    assert split_at_centers(["c", "b", "a"], rank=lambda d: d, similar=similar) == [["a", "b"], ["c"]]
+    # the best-ranked document is always a center, whatever the input order
+    assert split_at_centers(["c", "a", "b"], rank=lambda d: ({"b": 0}.get(d, 1), d), similar=similar) == [["b", "a", "c"]]
 
 
 # --- quality against brute force ------------------------------------------------------------------
