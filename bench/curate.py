@@ -44,6 +44,11 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024
 
 
+def own_rss_mb() -> float:
+    """Largest resident set of this process alone."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU time of this process and of its waited-for children (workers, Prefect's server)."""
     own = resource.getrusage(resource.RUSAGE_SELF)

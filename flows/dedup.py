@@ -23,11 +23,11 @@ from prefect.context import get_run_context
 
 from crawl2model.config import Config, DedupConfig
 from flows.report import cluster_size_chart
-from flows.snapshot_stage import run_per_shard, stage_runner, stage_start
+from flows.snapshot_stage import minhash_task, run_per_shard, stage_runner, stage_start
 from flows.tracking import Tracking, flatten
 from tasks.dedup import s_curve
 from tasks.dedup_snapshot import deduplicate_snapshot
-from tasks.snapshot_shards import minhash_task, signature_file
+from tasks.snapshot_shards import signature_file
 from warehouse import Warehouse
 from warehouse.dedup_queries import scope_shards
 

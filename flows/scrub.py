@@ -23,9 +23,9 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
 from crawl2model.config import Config
-from flows.snapshot_stage import run_per_shard, stage_runner, stage_start
+from flows.snapshot_stage import run_per_shard, scrub_task, stage_runner, stage_start
 from flows.tracking import Tracking, flatten
-from tasks.snapshot_shards import scrub_file, scrub_task
+from tasks.snapshot_shards import scrub_file
 from warehouse import Warehouse
 from warehouse.pii_queries import apply_scrub
 from warehouse.schema import PII_COLUMNS

@@ -1,5 +1,6 @@
 """What the snapshot stages (`dedup`, `pii`) share: the ledger check that makes a re-run with
-the same config a no-op, per-shard work in a process pool, and the MLflow run of the stage.
+the same config a no-op, and per-shard work (the Prefect tasks `minhash_task`, `scrub_task`
+around tasks.snapshot_shards) in a process pool.
 
     with Warehouse.open(root) as wh:
         snapshot, previous = stage_start(wh, snapshot, "dedup", config_hash, force)
@@ -15,11 +16,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 from prefect.task_runners import ProcessPoolTaskRunner
 
+from crawl2model.config import DedupConfig, PiiConfig
 from flows.progress import progress_bar
+from tasks.snapshot_shards import scrub_shard, sign_shard
 from warehouse import Warehouse
+
+
+@task(name="minhash-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def minhash_task(root: Path, shard: str, cfg: DedupConfig) -> Path:
+    return sign_shard(root, shard, cfg)
+
+
+@task(name="scrub-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def scrub_task(root: Path, shard: str, cfg: PiiConfig) -> Path:
+    return scrub_shard(root, shard, cfg)
 
 
 def stage_runner(workers: int) -> ProcessPoolTaskRunner:

@@ -62,8 +62,6 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from datasketch import MinHash
-
 from warehouse.dedup_queries import candidate_pairs, write_band_table
 
 
@@ -154,19 +152,27 @@ class MinHasher:
         if bands * rows != num_perm:
             raise ValueError(f"bands x rows must equal num_perm: {bands} x {rows} != {num_perm}")
         self.num_perm, self.bands, self.rows, self.ngram, self.seed = num_perm, bands, rows, ngram, seed
+        # Imported here: datasketch's package imports scipy (~60 MB), which only signing needs.
+        from datasketch import MinHash
+
         self._empty = MinHash(num_perm=num_perm, seed=seed, scheme="affine64", hashfunc=int)
         self._row_weights = _weights(rows, salt=0xBA4D)
 
+    def shingle_set(self, text: str, normalized: bool = False) -> np.ndarray:
+        """The sorted distinct 64-bit hashes of a text's word n-grams (what MinHash summarizes)."""
+        return np.unique(_shingle_hashes(text if normalized else normalize(text), self.ngram))
+
+    def signature(self, shingle_set: np.ndarray) -> np.ndarray:
+        """(num_perm,) uint64: the MinHash of a shingle set, fed in batches of CHUNK."""
+        minhash = self._empty.copy()
+        for start in range(0, len(shingle_set), self.CHUNK):
+            minhash.update_batch(shingle_set[start:start + self.CHUNK].tolist())
+        return minhash.hashvalues
+
     def signatures(self, texts: Iterable[str], normalized: bool = False) -> np.ndarray:
-        """(len(texts), num_perm) uint64: one MinHash per text, its shingles in batches of CHUNK.
-        `normalized=True` says the texts already went through `normalize` (saves doing it twice)."""
-        rows = []
-        for text in texts:
-            minhash = self._empty.copy()
-            hashes = _shingle_hashes(text if normalized else normalize(text), self.ngram)
-            for start in range(0, len(hashes), self.CHUNK):
-                minhash.update_batch(hashes[start:start + self.CHUNK].tolist())
-            rows.append(minhash.hashvalues)
+        """(len(texts), num_perm) uint64: one MinHash per text. `normalized=True` says the texts
+        already went through `normalize` (saves doing it twice)."""
+        rows = [self.signature(self.shingle_set(text, normalized)) for text in texts]
         return np.array(rows, dtype=np.uint64).reshape(len(rows), self.num_perm)
 
     def band_hashes(self, signatures: np.ndarray) -> np.ndarray:
@@ -280,10 +286,12 @@ def split_at_centers(members: list[str], rank: Callable[[str], tuple],
 
 
 class ShingleJaccard:
-    """Exact Jaccard of two documents' shingle sets, each set computed once."""
+    """Exact Jaccard of two documents' shingle sets: from `sets` ({doc_id: sorted distinct
+    shingle hashes}, as stored with the signatures), else computed once per text of `texts`."""
 
-    def __init__(self, texts: Mapping[str, str], ngram: int = 5):
-        self.texts, self.ngram, self._sets = texts, ngram, {}
+    def __init__(self, texts: Mapping[str, str] | None = None, ngram: int = 5,
+                 sets: Mapping[str, np.ndarray] | None = None):
+        self.texts, self.ngram, self._sets = texts, ngram, dict(sets or {})
 
     def _set(self, doc_id: str) -> np.ndarray:
         if doc_id not in self._sets:

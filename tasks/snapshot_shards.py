@@ -7,8 +7,9 @@ text) and writes one Parquet file, atomically, keyed by the config it depends on
     sign_shard(root, shard, cfg.dedup)   # parquet/minhash/<signature key>/<shard>.parquet
     scrub_shard(root, shard, cfg.pii)    # parquet/pii/<config key>/<shard>.parquet
 
-`minhash_task` and `scrub_task` are the Prefect tasks around them. A file that exists is done
-(same shard, same config, same bytes), so a re-run or a retry skips it.
+flows.snapshot_stage holds the Prefect tasks around them (this module imports no Prefect, so a
+worker stays small). A file that exists is done (same shard, same config, same bytes), so a
+re-run or a retry skips it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NONE
 
 from crawl2model.config import DedupConfig, PiiConfig
 from tasks.dedup import MinHasher, exact_hash, normalize
@@ -45,7 +44,7 @@ def _fixed_lists(values: np.ndarray) -> pa.FixedSizeListArray:
 
 def sign_shard(root: Path, shard: str, cfg: DedupConfig) -> Path:
     """Per document: doc_id, shard, chars and bytes of the curated text, text_hash (the exact
-    dedup key), bands (LSH band hashes) and the MinHash signature."""
+    dedup key), bands (LSH band hashes), the MinHash signature and the shingle set."""
     out = signature_file(root, shard, cfg)
     if out.exists():
         return out
@@ -54,7 +53,8 @@ def sign_shard(root: Path, shard: str, cfg: DedupConfig) -> Path:
     raw = curated.column("text").to_pylist()
     texts = [normalize(t) for t in raw]
     hasher = minhasher(cfg)
-    signatures = hasher.signatures(texts, normalized=True)
+    sets = [hasher.shingle_set(t, normalized=True) for t in texts]
+    signatures = np.array([hasher.signature(s) for s in sets], dtype=np.uint64).reshape(len(sets), hasher.num_perm)
     table = pa.table({
         "doc_id": curated.column("doc_id"),
         "shard": pa.array([shard] * len(raw), pa.string()).dictionary_encode(),
@@ -63,6 +63,9 @@ def sign_shard(root: Path, shard: str, cfg: DedupConfig) -> Path:
         "text_hash": [exact_hash(t, normalized=True) for t in texts],
         "bands": _fixed_lists(hasher.band_hashes(signatures)),
         "signature": _fixed_lists(signatures),
+        # the shingle sets themselves, so exact Jaccard is computed from them, never from text again
+        "shingles": pa.ListArray.from_arrays(pa.array(np.cumsum([0] + [len(s) for s in sets]), pa.int32()),
+                                             pa.array(np.concatenate(sets) if sets else [], pa.uint64())),
     })
     table = table.replace_schema_metadata({"seconds": f"{time.perf_counter() - started:.6f}"})
     return write_table(out, table)
@@ -94,13 +97,3 @@ def seconds_of(path: Path) -> float:
 
     meta = pq.read_schema(path).metadata or {}
     return float(meta.get(b"seconds", b"0"))
-
-
-@task(name="minhash-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def minhash_task(root: Path, shard: str, cfg: DedupConfig) -> Path:
-    return sign_shard(root, shard, cfg)
-
-
-@task(name="scrub-shard", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def scrub_task(root: Path, shard: str, cfg: PiiConfig) -> Path:
-    return scrub_shard(root, shard, cfg)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -105,7 +106,8 @@ def candidate_pairs(con: duckdb.DuckDBPyConnection, table: str, max_bucket: int 
 
 DEDUP_STAGES = ("exact_dedup", "near_dedup")
 _NO_SIGNATURES = ("(SELECT NULL::VARCHAR AS doc_id, NULL::VARCHAR AS shard, NULL::BIGINT AS chars, NULL::BIGINT AS bytes, "
-                  "NULL::VARCHAR AS text_hash, NULL::UBIGINT[] AS bands, NULL::UBIGINT[] AS signature WHERE false)")
+                  "NULL::VARCHAR AS text_hash, NULL::UBIGINT[] AS bands, NULL::UBIGINT[] AS signature, "
+                  "NULL::UBIGINT[] AS shingles WHERE false)")
 
 
 def _signatures(files: list[str]) -> str:
@@ -167,24 +169,41 @@ def scope_documents(con: duckdb.DuckDBPyConnection, doc_ids: list[str]) -> dict[
     return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
 
 
-def curated_texts(con: duckdb.DuckDBPyConnection, root, doc_ids: list[str]) -> dict[str, str]:
-    """{doc_id: curated text} of documents in the scope, read from their shards' Parquet."""
-    from warehouse.shard_files import shard_dir
-
+def shards_of(con: duckdb.DuckDBPyConnection, doc_ids: list[str]) -> dict[str, str]:
+    """{doc_id: shard} of documents in the scope."""
     ids = pa.table({"doc_id": pa.array(doc_ids, pa.string())})
-    shards = [r[0] for r in con.execute(
-        "SELECT DISTINCT shard FROM dedup_scope SEMI JOIN ids USING (doc_id)").fetchall()]
-    if not shards:
+    return dict(con.execute("SELECT doc_id, shard FROM dedup_scope SEMI JOIN ids USING (doc_id)").fetchall())
+
+
+def _files_holding(con: duckdb.DuckDBPyConnection, signature_files: list[str], ids: pa.Table) -> list[str]:
+    """The signature files of the shards that hold these documents (one file per shard)."""
+    shards = {r[0] for r in con.execute("SELECT DISTINCT shard FROM dedup_scope SEMI JOIN ids USING (doc_id)").fetchall()}
+    return [f for f in signature_files if Path(f).stem in shards]
+
+
+def shingle_sets(con: duckdb.DuckDBPyConnection, signature_files: list[str], doc_ids: list[str]) -> dict[str, np.ndarray]:
+    """{doc_id: sorted distinct shingle hashes} of documents in the scope, read from the files of
+    their shards only (callers batch documents by shard, so a batch reads few files)."""
+    ids = pa.table({"doc_id": pa.array(doc_ids, pa.string())})
+    files = _files_holding(con, signature_files, ids)
+    if not files:
         return {}
-    files = [str(shard_dir(root, s) / "documents.parquet") for s in shards]
-    return dict(con.execute("SELECT doc_id, text FROM read_parquet(?) SEMI JOIN ids USING (doc_id)",
-                            [files]).fetchall())
+    table = con.sql(
+        """SELECT m.doc_id, m.shingles FROM read_parquet($files) m
+           JOIN dedup_scope s ON s.doc_id = m.doc_id AND s.shard = m.shard SEMI JOIN ids ON ids.doc_id = m.doc_id""",
+        params={"files": files}).to_arrow_table()
+    column = table.column("shingles").combine_chunks()
+    return {doc_id: column[i].values.to_numpy() for i, doc_id in enumerate(table.column("doc_id").to_pylist())}
 
 
 def signatures_of(con: duckdb.DuckDBPyConnection, signature_files: list[str], doc_ids: list[str]) -> dict[str, list]:
+    """{doc_id: MinHash signature} of documents in the scope, from the files of their shards."""
     ids = pa.table({"doc_id": pa.array(doc_ids, pa.string())})
+    files = _files_holding(con, signature_files, ids)
+    if not files:
+        return {}
     return dict(con.execute("SELECT doc_id, signature FROM read_parquet(?) SEMI JOIN ids USING (doc_id)",
-                            [signature_files]).fetchall())
+                            [files]).fetchall())
 
 
 def apply_dedup(con: duckdb.DuckDBPyConnection, snapshot: str, decisions: pa.Table, seconds: float,
