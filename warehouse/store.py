@@ -231,6 +231,7 @@ class Warehouse:
         return self._rows(
             """SELECT s.snapshot, s.created_at, s.status, s.config_hash,
                       (SELECT count(*) FROM documents d WHERE d.snapshot = s.snapshot) AS documents,
+                      (SELECT count(*) FROM kept_documents d WHERE d.snapshot = s.snapshot) AS kept,
                       (SELECT count(*) FROM rejections r WHERE r.snapshot = s.snapshot) AS rejections,
                       (SELECT coalesce(sum(chars), 0) FROM documents d WHERE d.snapshot = s.snapshot) AS text_chars
                FROM snapshots s ORDER BY s.created_at"""
@@ -253,9 +254,9 @@ class Warehouse:
         )
 
     def sample(self, n: int = 5, snapshot: str | None = None, seed: int = 0) -> list[dict]:
-        """n kept documents, the same ones for the same seed (ordered by a seeded hash)."""
+        """n kept documents (not removed by dedup), the same ones for the same seed (a seeded hash)."""
         return self._rows(
-            "SELECT doc_id, url, title, lang, lang_score, chars, text FROM documents WHERE snapshot = ? "
+            "SELECT doc_id, url, title, lang, lang_score, chars, text FROM kept_documents WHERE snapshot = ? "
             "ORDER BY hash(doc_id || ?::VARCHAR) LIMIT ?",
             [self.resolve_snapshot(snapshot), seed, n],
         )
