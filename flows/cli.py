@@ -54,7 +54,7 @@ def fail(message: str, code: int = 2) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where all state lives [default: $C2M_HOME or ./c2m-data]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where all state lives (default: $C2M_HOME or ./c2m-data)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file; key=value items override it."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
 ) -> None:
@@ -138,7 +138,7 @@ def _stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, force
 def dedup(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (dedup.*)."),
-    snapshot: Optional[str] = typer.Option(None, help="Snapshot to deduplicate [default: the newest]."),
+    snapshot: Optional[str] = typer.Option(None, help="Snapshot to deduplicate (default: the newest)."),
     force: bool = typer.Option(False, help="Run even when done before with the same config."),
 ) -> None:
     """Remove exact and MinHash near duplicates from a snapshot (against earlier snapshots too)."""
@@ -151,7 +151,7 @@ def dedup(
 def scrub(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (pii.*)."),
-    snapshot: Optional[str] = typer.Option(None, help="Snapshot to scrub [default: the newest]."),
+    snapshot: Optional[str] = typer.Option(None, help="Snapshot to scrub (default: the newest)."),
     force: bool = typer.Option(False, help="Run even when done before with the same config."),
 ) -> None:
     """Replace e-mails, public IPs, phone, card and IBAN numbers in a snapshot's text (stage pii)."""
@@ -178,7 +178,7 @@ def run(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides."),
     inputs: Optional[list[str]] = typer.Option(None, "--input", "-i", help="Input (repeatable); default: the bundled sample."),
-    until: Optional[str] = typer.Option(None, "--until", help="Last stage to run: curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register [default: the last one built]."),
+    until: Optional[str] = typer.Option(None, "--until", help="Last stage to run: curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register (default: the last one built)."),
 ) -> None:
     """Run the pipeline up to a stage, on the given inputs or the bundled sample."""
     _, bad = split_overrides(overrides or [])
