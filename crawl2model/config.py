@@ -182,6 +182,30 @@ class PiiConfig(Section):
         return stable_hash(self.model_dump(mode="json", exclude={"workers"}))
 
 
+VOCAB_PRESETS = {"sample": 8192, "32k": 32768, "50k": 50257}
+
+
+class TokenizerConfig(Section):
+    """Byte-level BPE (tasks.bpe) and token shards (tasks.token_shards)."""
+    preset: Literal["sample", "32k", "50k"] = Field("sample", description="vocab size: sample 8192, 32k 32768, 50k 50257")
+    vocab_size: int | None = Field(None, ge=512, le=1 << 20, description="overrides the preset's vocab size")
+    min_frequency: int = Field(2, ge=1, description="a merge needs at least this many occurrences")
+    val_fraction: float = Field(0.02, ge=0, lt=1, description="documents in the validation split (by doc_id hash)")
+    shard_tokens: int = Field(1 << 20, ge=1024, description="tokens per shard file")
+    batch_docs: int = Field(1000, ge=1, description="documents per batch when streaming from the warehouse")
+    model_max_length: int = Field(2048, ge=16, description="context length written into tokenizer_config.json")
+
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size or VOCAB_PRESETS[self.preset]
+
+    def train_fingerprint(self) -> str:
+        return stable_hash([self.vocab, self.min_frequency, self.val_fraction, self.model_max_length])
+
+    def shard_fingerprint(self) -> str:
+        return stable_hash([self.val_fraction, self.shard_tokens])
+
+
 class SampleConfig(Section):
     max_mb: float = Field(8.0, gt=0, description="HTML MiB of the bundled sample site (at most)")
     packages: list[str] = Field(  # all installed with crawl2model; ~6.9 MiB of pages, ~5 MB of prose
@@ -197,6 +221,7 @@ class Config(Section):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
 

@@ -4,6 +4,7 @@
     crawl2model run --input crawl/ --until curate curate.language.min_score=0.5
     crawl2model curate crawl/*.warc.gz pages/ urls.txt
     crawl2model dedup | scrub                         # re-run one stage on the newest snapshot
+    crawl2model tokenizer train | encode | show "some text"
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -32,6 +33,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="Turn a web crawl into a trained, aligned, quantized language model.")
 warehouse_app = typer.Typer(no_args_is_help=True, help="Look at the curated warehouse (DuckDB).")
 app.add_typer(warehouse_app, name="warehouse")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer, encode token shards, look at a text's tokens.")
+app.add_typer(tokenizer_app, name="tokenizer")
 
 out = Console()
 err = Console(stderr=True)
@@ -95,6 +98,8 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
         _print_dedup(summary)
     for summary in result.pii:
         _print_scrub(summary)
+    if result.tokenizer:
+        _print_tokenizer(result.tokenizer)
     with _open_warehouse(cfg) as wh:
         _print_funnel(wh.funnel(s.snapshot))
     out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
@@ -115,6 +120,16 @@ def _print_scrub(summary) -> None:
     kinds = ", ".join(f"{k.removeprefix('pii_')} {v}" for k, v in t.items() if k.startswith("pii_"))
     out.print(f"[bold green]pii[/] {summary.snapshot}: {t['docs_with_pii']} of {t['docs']} documents held PII; "
               f"replaced: {kinds}{note}")
+
+
+def _print_tokenizer(summary) -> None:
+    m = summary.metrics
+    what = "nothing new" if summary.no_op else ("trained and encoded" if summary.trained else "encoded")
+    out.print(f"[bold green]tokenizer[/] {summary.snapshot}: {what}; {summary.tokenizer_dir}")
+    if summary.manifest:
+        out.print(f"  shards: {summary.manifest}  train {m.get('tokenizer/tokens_train', 0):,} tokens, "
+                  f"val {m.get('tokenizer/tokens_val', 0):,}; {m.get('tokenizer/bytes_per_token_val', 0):.2f} bytes/token "
+                  f"on val, {m.get('tokenizer/vocab_used', 0):,} ids used")
 
 
 def _stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, force: bool, runner, printer) -> None:
@@ -275,6 +290,62 @@ def warehouse_sample(
         out.print(f"[dim]{doc['doc_id']}  {doc['url']}  {doc['lang']} {doc['lang_score']:.2f}  {doc['chars']} chars[/]",
                   highlight=False)
         out.print(doc["text"][:chars] + ("…" if len(doc["text"]) > chars else ""), highlight=False)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (tokenizer.*)."),
+    snapshot: Optional[str] = typer.Option(None, help="Corpus as of this snapshot (default: the newest)."),
+) -> None:
+    """Train the byte-level BPE tokenizer on the warehouse corpus (no-op when done with this config)."""
+    _tokenizer_stage(ctx, overrides or [], snapshot, encode=False)
+
+
+@tokenizer_app.command("encode")
+def tokenizer_encode(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (tokenizer.*)."),
+    snapshot: Optional[str] = typer.Option(None, help="Corpus as of this snapshot (default: the newest)."),
+) -> None:
+    """Encode the corpus into token shards with a manifest (trains the tokenizer first if needed)."""
+    _tokenizer_stage(ctx, overrides or [], snapshot, encode=True)
+
+
+def _tokenizer_stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, encode: bool) -> None:
+    from flows.pipeline import in_session
+    from flows.tokenize_corpus import run_tokenizer
+    from warehouse import WarehouseError
+
+    cfg = _config(ctx, overrides)
+    if not (cfg.data_root / "warehouse.duckdb").exists():
+        fail(f"no warehouse at {cfg.data_root}: run `crawl2model run --until pii` first")
+    try:
+        summary = in_session(cfg, run_tokenizer, cfg, snapshot, None, True, encode)
+    except (WarehouseError, ValueError) as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"{type(exc).__name__}: {exc}", code=1)
+    _print_tokenizer(summary)
+
+
+@tokenizer_app.command("show")
+def tokenizer_show(ctx: typer.Context, text: str = typer.Argument(..., help="Text to encode.")) -> None:
+    """Encode a text with the newest tokenizer: ids and pieces."""
+    from flows.tokenize_corpus import latest
+    from tasks.bpe import load_tokenizer
+
+    cfg = _config(ctx, [])
+    try:
+        folder = latest(cfg.data_root, "tokenizer")
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    tokenizer = load_tokenizer(folder)
+    ids = tokenizer.encode(text).ids
+    pieces = [tokenizer.decode([i]) for i in ids]
+    out.print(f"{len(ids)} tokens, {len(text.encode())} bytes ({len(text.encode()) / max(1, len(ids)):.2f} bytes/token), "
+              f"tokenizer {folder}", highlight=False)
+    out.print(_table([{"id": i, "piece": repr(p)} for i, p in zip(ids, pieces)], "tokens"))
 
 
 @warehouse_app.command("duplicates")

@@ -24,11 +24,12 @@ from crawl2model.runtime import prefect_api
 from flows.curate import CurateSummary, run_curate
 from flows.dedup import DedupSummary, run_dedup
 from flows.scrub import ScrubSummary, run_scrub
+from flows.tokenize_corpus import TokenizerSummary, run_tokenizer
 from flows.tracking import Tracking
 from warehouse import Warehouse
 
 STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
-AVAILABLE = ("curate", "dedup", "pii")
+AVAILABLE = ("curate", "dedup", "pii", "tokenizer")
 
 
 class StageNotAvailable(ValueError):
@@ -43,6 +44,7 @@ class PipelineResult:
     curate: CurateSummary | None = None
     dedup: list[DedupSummary] = field(default_factory=list)  # one per snapshot processed
     pii: list[ScrubSummary] = field(default_factory=list)
+    tokenizer: TokenizerSummary | None = None
     seconds: float = 0.0
 
 
@@ -92,6 +94,9 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
         if reaches(until, "pii"):
             result.pii = [run_scrub(cfg, snapshot, parent_run_id=parent, show_progress=show_progress)
                           for snapshot in pending(cfg, "pii", cfg.pii.fingerprint(), result.curate.snapshot)]
+        if reaches(until, "tokenizer"):
+            result.tokenizer = run_tokenizer(cfg, result.curate.snapshot, parent_run_id=parent,
+                                             show_progress=show_progress)
         result.seconds = time.perf_counter() - started
         tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
         failed = False

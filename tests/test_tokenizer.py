@@ -1,0 +1,163 @@
+"""The BPE tokenizer and token shards: exact round trips, transformers agreeing on ids, shard
+and manifest validation, token counts, and the tokenizer stage as a real flow (no-op re-run,
+resume after losing work, a tokenizer hash that does not match)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.bpe import (
+    EOT,
+    SPECIAL_TOKENS,
+    bytes_per_token,
+    file_sha256,
+    load_tokenizer,
+    render_chat,
+    save_tokenizer,
+    train_tokenizer,
+)
+from tasks.token_shards import (
+    HEADER,
+    ShardError,
+    ShardSet,
+    assemble,
+    encode_part,
+    is_val,
+    read_header,
+    write_manifest,
+    write_shard,
+)
+from tests.conftest import shared
+
+ODD = ["naïve café — 東京 🙂 \t\r\n x", "  two  spaces\n\n\n", "<|not a special token|>", "\x00\x01 control",
+       "", " ", "\u200b\ufeffzero width", "e\u0301 combining", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "a" * 5000]
+
+
+@pytest.fixture(scope="module")
+def articles() -> list[str]:
+    ground_truth = json.loads(shared("html", "articles", "ground-truth.json").read_text())
+    return [v["articleBody"] for v in ground_truth.values()]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(articles, tmp_path_factory):
+    tokenizer = train_tokenizer([articles[i:i + 10] for i in range(0, len(articles), 10)], vocab_size=1000)
+    return save_tokenizer(tokenizer, tmp_path_factory.mktemp("tok") / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+def test_special_tokens_come_first_and_the_vocab_is_what_was_asked(tokenizer):
+    assert [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert tokenizer.get_vocab_size() == 1000
+
+
+def test_round_trip_on_real_and_odd_text(tokenizer, articles):
+    for text in articles + ODD:
+        assert tokenizer.decode(tokenizer.encode(text).ids, skip_special_tokens=False) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
+def test_round_trip_on_any_unicode(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text).ids, skip_special_tokens=False) == text
+
+
+def test_transformers_loads_the_folder_and_agrees(tokenizer, tokenizer_dir, articles):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    for text in articles[:20] + ODD:
+        assert hf.encode(text, add_special_tokens=False) == tokenizer.encode(text).ids
+    assert hf.eos_token == EOT and hf.eos_token_id == tokenizer.token_to_id(EOT)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."}]
+    for prompt in (True, False):
+        assert hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=prompt) == render_chat(chat, prompt)
+    ids = tokenizer.encode(render_chat(chat, True)).ids
+    assert ids.count(tokenizer.token_to_id("<|end_of_turn|>")) == 3 and ids[-1] == tokenizer.token_to_id("<|assistant|>")
+
+
+def test_a_larger_vocab_compresses_better(articles):
+    small = train_tokenizer([articles], vocab_size=400)
+    large = train_tokenizer([articles], vocab_size=4000)
+    assert bytes_per_token(large, articles) > bytes_per_token(small, articles) > 1.0
+
+
+def test_is_val_is_stable_and_near_the_fraction():
+    ids = [f"doc-{i}" for i in range(20_000)]
+    picked = [d for d in ids if is_val(d, 0.1)]
+    assert 0.09 < len(picked) / len(ids) < 0.11
+    assert picked == [d for d in ids if is_val(d, 0.1)] and not any(is_val(d, 0.0) for d in ids)
+
+
+def test_parts_and_shards_count_every_token(tokenizer, articles, tmp_path):
+    eot = tokenizer.token_to_id(EOT)
+    halves = [articles[:30], articles[30:]]
+    parts = []
+    for i, texts in enumerate(halves):
+        np.save(tmp_path / f"p{i}.npy", encode_part(tokenizer, texts, eot))
+        parts.append(tmp_path / f"p{i}.npy")
+    expected = sum(len(tokenizer.encode(t).ids) + 1 for t in articles)
+    entries = assemble(parts, tmp_path, "train", shard_tokens=5000, vocab_size=tokenizer.get_vocab_size())
+    assert sum(e["tokens"] for e in entries) == expected
+    assert all(e["tokens"] == 5000 for e in entries[:-1]) and 0 < entries[-1]["tokens"] <= 5000
+    stream = np.concatenate([np.fromfile(tmp_path / e["file"], dtype="<u2", offset=HEADER.size) for e in entries])
+    assert (stream == eot).sum() == len(articles)
+    first = stream[:int(np.argmax(stream == eot))]
+    assert tokenizer.decode(first.tolist()) == articles[0]
+
+
+def test_shards_use_uint32_above_65536_ids(tmp_path):
+    entry = write_shard(tmp_path / "big.bin", np.array([1, 70_000, 3], dtype=np.uint32), vocab_size=100_000)
+    assert read_header(tmp_path / "big.bin") == {"itemsize": 4, "vocab_size": 100_000, "tokens": 3}
+    assert entry["tokens"] == 3
+    with pytest.raises(ShardError, match="not below the vocab size"):
+        write_shard(tmp_path / "bad.bin", np.array([5000]), vocab_size=1000)
+
+
+def _corrupt(path, **fields):
+    magic, version, itemsize, vocab, reserved, count = HEADER.unpack(path.read_bytes()[:HEADER.size])
+    values = {"magic": magic, "version": version, "itemsize": itemsize, "vocab": vocab, "count": count, **fields}
+    raw = HEADER.pack(values["magic"], values["version"], values["itemsize"], values["vocab"], reserved, values["count"])
+    path.write_bytes(raw + path.read_bytes()[HEADER.size:])
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"magic": b"NOTTOKEN"}, "not a crawl2model token shard"),
+    ({"version": 9}, "format version 9"),
+    ({"vocab": 70_000}, "does not fit uint16"),
+    ({"itemsize": 3}, "token size 3"),
+    ({"count": 11}, "header says 11 tokens"),
+])
+def test_bad_shard_headers_are_refused_clearly(tmp_path, fields, message):
+    path = tmp_path / "s.bin"
+    write_shard(path, np.arange(10), vocab_size=1000)
+    _corrupt(path, **fields)
+    with pytest.raises(ShardError, match=message):
+        read_header(path)
+
+
+def test_manifest_refuses_another_tokenizer(tmp_path, tokenizer_dir, articles):
+    entry = write_shard(tmp_path / "train-00000.bin", np.arange(10), vocab_size=1000)
+    manifest = {"vocab_size": 1000, "tokenizer_sha256": file_sha256(tokenizer_dir / "tokenizer.json"),
+                "splits": {"train": [entry]}}
+    path = write_manifest(tmp_path, manifest)
+    assert len(ShardSet.open(path, tokenizer_dir / "tokenizer.json").tokens("train")[0]) == 10
+    other = save_tokenizer(train_tokenizer([articles[:5]], vocab_size=300), tmp_path / "other")
+    with pytest.raises(ShardError, match="encoded with tokenizer"):
+        ShardSet.open(path, other / "tokenizer.json")
+    write_manifest(tmp_path, {**manifest, "splits": {"train": [{**entry, "tokens": 9}]}})
+    with pytest.raises(ShardError, match="disagrees with the manifest"):
+        ShardSet.open(path)
+    with pytest.raises(ShardError, match="no manifest"):
+        ShardSet.open(tmp_path / "missing" / "manifest.json")
