@@ -34,6 +34,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert first.returncode == 0, first.stderr[-3000:]
     assert "snapshot snap-" in first.stdout and "documents curated" in first.stdout
     assert "dedup snap-" in first.stdout and "pii snap-" in first.stdout  # the default runs every stage built
+    assert "tokenizer snap-" in first.stdout and "manifest.json" in first.stdout
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()
     robots = con.execute("select url from rejections where reason = 'robots-disallowed'").fetchall()
@@ -48,7 +49,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     again = c2m("run", "sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing new") == 3  # curate, dedup and pii
+    assert again.stdout.count("nothing new") == 4  # curate, dedup, pii and tokenizer
 
     funnel = c2m("warehouse", "funnel", root=root)
     assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
@@ -60,6 +61,8 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert sample.returncode == 0 and "chars" in sample.stdout
     cluster = c2m("warehouse", "duplicates", some_doc, root=root)
     assert cluster.returncode == 0 and some_doc in cluster.stdout and "kept" in cluster.stdout
+    show = c2m("tokenizer", "show", "The quick brown fox", root=root)
+    assert show.returncode == 0 and "bytes/token" in show.stdout and "'The'" in show.stdout, show.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -70,6 +73,8 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     (["run", "--until", "fly"], "unknown stage"),
     (["--config", "/no/such.yaml", "run"], "does not exist"),
     (["warehouse", "funnel"], "no warehouse"),
+    (["tokenizer", "show", "hi"], "no tokenizer yet"),
+    (["tokenizer", "encode"], "no warehouse"),
 ])
 def test_user_errors_are_clear_and_early(tmp_path, args, message):
     result = c2m(*args, root=tmp_path / "root", timeout=120)

@@ -161,3 +161,61 @@ def test_manifest_refuses_another_tokenizer(tmp_path, tokenizer_dir, articles):
         ShardSet.open(path)
     with pytest.raises(ShardError, match="no manifest"):
         ShardSet.open(tmp_path / "missing" / "manifest.json")
+
+
+# --- the tokenizer stage as a real flow ------------------------------------------------------------
+
+@pytest.fixture
+def corpus_pages(tmp_path):
+    from tests.test_dedup_flow import neardup_docs, write_pages
+
+    docs = [d for d in neardup_docs() if "-v" not in d["id"]]
+    return write_pages(tmp_path / "pages", {f"nd-{d['id']}": d["text"] for d in docs})
+
+
+@pytest.mark.slow
+def test_tokenizer_stage_counts_resumes_and_is_a_no_op_again(corpus_pages, data_root, prefect_server):
+    import duckdb
+    from mlflow import MlflowClient
+
+    from crawl2model.config import load_config
+    from flows.pipeline import run_pipeline
+    from flows.tokenize_corpus import latest, run_tokenizer
+
+    cfg = load_config(overrides=["curate.workers=2", "tokenizer.vocab_size=1024", "tokenizer.shard_tokens=4096",
+                                 "tokenizer.val_fraction=0.1"], data_root=data_root)
+    result = run_pipeline([str(corpus_pages)], cfg, until="tokenizer", show_progress=False)
+    summary = result.tokenizer
+    assert summary.trained and summary.encoded and latest(data_root, "shards") == summary.manifest.parent
+    manifest = json.loads(summary.manifest.read_text())
+
+    # every kept document, encoded, plus one end-of-text each, is in its split's shards
+    tokenizer = load_tokenizer(summary.tokenizer_dir)
+    con = duckdb.connect(str(data_root / "warehouse.duckdb"), read_only=True)
+    kept = con.execute("select doc_id, text from kept_documents").fetchall()
+    con.close()
+    expected = {"train": 0, "val": 0}
+    for doc_id, text in kept:
+        expected["val" if is_val(doc_id, 0.1) else "train"] += len(tokenizer.encode(text).ids) + 1
+    shard_set = ShardSet.open(summary.manifest, summary.tokenizer_dir / "tokenizer.json")
+    for split in ("train", "val"):
+        assert sum(len(t) for t in shard_set.tokens(split)) == expected[split] > 0
+    assert len(manifest["splits"]["train"]) > 1 and all(e["tokens"] == 4096 for e in manifest["splits"]["train"][:-1])
+
+    metrics = MlflowClient(f"sqlite:///{data_root / 'mlflow.db'}").get_run(summary.mlflow_run_id).data.metrics
+    assert metrics["tokenizer/tokens_train"] == expected["train"] and metrics["tokenizer/bytes_per_token_val"] > 2
+    assert 500 < metrics["tokenizer/vocab_used"] <= 1024
+
+    # a re-run is a no-op; after losing the manifest, the shards and a part, the same shards come back
+    again = run_tokenizer(cfg, show_progress=False)
+    assert again.no_op and again.manifest == summary.manifest
+    folder = summary.manifest.parent
+    before = {e["file"]: e["sha256"] for entries in manifest["splits"].values() for e in entries}
+    summary.manifest.unlink()
+    for path in folder.glob("*.bin"):
+        path.unlink()
+    next((folder / "parts" / "train").glob("*.npy")).unlink()
+    resumed = run_tokenizer(cfg, show_progress=False)
+    assert not resumed.trained and resumed.encoded
+    after = json.loads(resumed.manifest.read_text())
+    assert {e["file"]: e["sha256"] for entries in after["splits"].values() for e in entries} == before
