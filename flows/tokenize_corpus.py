@@ -30,7 +30,16 @@ from prefect.context import get_run_context
 from crawl2model.config import Config, stable_hash
 from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
-from tasks.bpe import EOT, bytes_per_token, file_sha256, load_tokenizer, longest_merges, save_tokenizer, train_tokenizer
+from tasks.bpe import (
+    EOT,
+    bytes_per_token,
+    file_sha256,
+    load_tokenizer,
+    longest_merges,
+    plain_text_encoder,
+    save_tokenizer,
+    train_tokenizer,
+)
 from tasks.token_shards import ShardSet, assemble, encode_part, is_val, open_shard, write_manifest
 from warehouse import Warehouse
 from warehouse.corpus_queries import corpus_shards, corpus_stamp, shard_texts
@@ -81,6 +90,7 @@ def _encode_parts(wh: Warehouse, snapshot: str, shards: list[str], tokenizer, ou
                   show_progress: bool) -> dict[str, int]:
     """parts/<split>/<shard>.npy for every corpus shard (those done before are kept)."""
     eot = tokenizer.token_to_id(EOT)
+    encoder = plain_text_encoder(tokenizer)  # special-token text in a page stays text
     counts = {"documents_train": 0, "documents_val": 0, "encode_seconds": 0.0, "parts_encoded": 0}
     with progress_bar("encode", total=len(shards), enabled=show_progress) as advance:
         for shard in shards:
@@ -93,7 +103,7 @@ def _encode_parts(wh: Warehouse, snapshot: str, shards: list[str], tokenizer, ou
                 if paths[split].exists():
                     continue
                 started = time.perf_counter()
-                ids = encode_part(tokenizer, by_split[split], eot)
+                ids = encode_part(encoder, by_split[split], eot)
                 counts["encode_seconds"] += time.perf_counter() - started
                 counts["parts_encoded"] += 1
                 paths[split].parent.mkdir(parents=True, exist_ok=True)

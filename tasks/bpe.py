@@ -66,6 +66,15 @@ def train_tokenizer(batches: Iterable[list[str]], vocab_size: int, min_frequency
     return tokenizer
 
 
+def plain_text_encoder(tokenizer: Tokenizer) -> Tokenizer:
+    """The same tokenizer without its special tokens matched in the input: a crawled page that
+    contains the text "<|endoftext|>" must not put an end-of-text id into the training stream
+    (the pipeline places those itself). Same ids for every other text."""
+    spec = json.loads(tokenizer.to_str())
+    spec["added_tokens"] = []
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def hf_config(model_max_length: int) -> dict:
     """tokenizer_config.json for transformers' PreTrainedTokenizerFast."""
     return {

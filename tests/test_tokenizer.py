@@ -18,6 +18,7 @@ from tasks.bpe import (
     bytes_per_token,
     file_sha256,
     load_tokenizer,
+    plain_text_encoder,
     render_chat,
     save_tokenizer,
     train_tokenizer,
@@ -85,6 +86,15 @@ def test_transformers_loads_the_folder_and_agrees(tokenizer, tokenizer_dir, arti
         assert hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=prompt) == render_chat(chat, prompt)
     ids = tokenizer.encode(render_chat(chat, True)).ids
     assert ids.count(tokenizer.token_to_id("<|end_of_turn|>")) == 3 and ids[-1] == tokenizer.token_to_id("<|assistant|>")
+
+
+def test_special_token_text_in_a_page_stays_text(tokenizer, articles):
+    encoder = plain_text_encoder(tokenizer)
+    page = "Models end documents with <|endoftext|> and turns with <|end_of_turn|>."
+    ids = encoder.encode(page).ids
+    assert not set(ids) & set(range(len(SPECIAL_TOKENS))) and encoder.decode(ids) == page
+    assert tokenizer.token_to_id(EOT) in tokenizer.encode(page).ids  # the plain tokenizer would match it
+    assert all(encoder.encode(t).ids == tokenizer.encode(t).ids for t in articles[:10] + ODD)
 
 
 def test_a_larger_vocab_compresses_better(articles):
