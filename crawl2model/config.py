@@ -206,6 +206,32 @@ class TokenizerConfig(Section):
         return stable_hash([self.val_fraction, self.shard_tokens])
 
 
+class PretrainConfig(Section):
+    """Pretraining (model.train): the model preset and the training schedule."""
+    preset: Literal["tiny", "small", "124m", "350m"] = Field("small", description="model size (model/config.py)")
+    # The default trains `small` on ~0.6M tokens, about one pass over the sample: ~3 minutes on 2 cores.
+    max_steps: int = Field(150, ge=1)
+    micro_batch: int = Field(16, ge=1, description="sequences per forward/backward per process")
+    tokens_per_step: int = Field(4096, ge=1, description="global batch in tokens (gradient accumulation)")
+    seq_len: int | None = Field(None, ge=8, description="default: the preset's context length")
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(15, ge=0)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0)
+    eval_every: int = Field(50, ge=1)
+    eval_batches: int = Field(20, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+    nproc: int = Field(1, ge=1, description="training processes (torchrun when more than one)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sample_prompts: list[str] = Field(default_factory=lambda: ["The ", "This function ", "Returns"],
+                                      description="generated from at each evaluation")
+
+    def fingerprint(self) -> str:
+        return stable_hash(self.model_dump(mode="json", exclude={"nproc", "device", "eval_every", "eval_batches",
+                                                                 "checkpoint_every", "sample_prompts"}))
+
+
 class SampleConfig(Section):
     max_mb: float = Field(8.0, gt=0, description="HTML MiB of the bundled sample site (at most)")
     packages: list[str] = Field(  # all installed with crawl2model; ~6.9 MiB of pages, ~5 MB of prose
@@ -222,6 +248,7 @@ class Config(Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
 

@@ -5,6 +5,7 @@
     crawl2model curate crawl/*.warc.gz pages/ urls.txt
     crawl2model dedup | scrub                         # re-run one stage on the newest snapshot
     crawl2model tokenizer train | encode | show "some text"
+    crawl2model train [--preset small] | generate "prompt"
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -100,6 +101,8 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
         _print_scrub(summary)
     if result.tokenizer:
         _print_tokenizer(result.tokenizer)
+    if result.pretrain:
+        _print_pretrain(result.pretrain)
     with _open_warehouse(cfg) as wh:
         _print_funnel(wh.funnel(s.snapshot))
     out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
@@ -130,6 +133,16 @@ def _print_tokenizer(summary) -> None:
         out.print(f"  shards: {summary.manifest}  train {m.get('tokenizer/tokens_train', 0):,} tokens, "
                   f"val {m.get('tokenizer/tokens_val', 0):,}; {m.get('tokenizer/bytes_per_token_val', 0):.2f} bytes/token "
                   f"on val, {m.get('tokenizer/vocab_used', 0):,} ids used")
+
+
+def _print_pretrain(summary) -> None:
+    m = summary.metrics
+    what = "nothing new" if summary.no_op else f"trained to step {m.get('step', '?')}"
+    val = m.get("val/loss")
+    verdict = "" if val is None else (f"; val loss {val:.3f} vs unigram baseline {summary.unigram_val_loss:.3f}"
+                                      f" ({'below' if val < summary.unigram_val_loss else 'NOT below'})")
+    out.print(f"[bold green]pretrain[/]: {what}{verdict}; checkpoint {summary.checkpoint}")
+    out.print(f'  crawl2model generate --checkpoint {summary.checkpoint} "The "')
 
 
 def _stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, force: bool, runner, printer) -> None:
@@ -346,6 +359,51 @@ def tokenizer_show(ctx: typer.Context, text: str = typer.Argument(..., help="Tex
     out.print(f"{len(ids)} tokens, {len(text.encode())} bytes ({len(text.encode()) / max(1, len(ids)):.2f} bytes/token), "
               f"tokenizer {folder}", highlight=False)
     out.print(_table([{"id": i, "piece": repr(p)} for i, p in zip(ids, pieces)], "tokens"))
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (pretrain.*)."),
+    preset: Optional[str] = typer.Option(None, help="Model preset: tiny, small, 124m, 350m (default: pretrain.preset)."),
+    manifest: Optional[Path] = typer.Option(None, help="Token shard manifest (default: the newest shards)."),
+) -> None:
+    """Pretrain a model on the token shards (resumes a killed run; a finished one is a no-op)."""
+    from flows.pipeline import in_session
+    from flows.pretrain import run_pretrain
+    from tasks.token_shards import ShardError
+
+    cfg = _config(ctx, (overrides or []) + ([f"pretrain.preset={preset}"] if preset else []))
+    try:
+        summary = in_session(cfg, run_pretrain, cfg, manifest)
+    except (FileNotFoundError, ShardError) as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"{type(exc).__name__}: {exc}", code=1)
+    _print_pretrain(summary)
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    prompt: str = typer.Argument(..., help="Text to continue."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint folder (default: the newest under checkpoints/)."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
+    temperature: float = typer.Option(0.8, help="0 = greedy."),
+    top_k: Optional[int] = typer.Option(50, help="Sample from the k most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+) -> None:
+    """Continue a prompt with a pretrained checkpoint (its tokenizer is the one it was trained with)."""
+    from model.sampling import CheckpointError, generate_text, newest_checkpoint
+
+    cfg = _config(ctx, [])
+    try:
+        path = checkpoint or newest_checkpoint(cfg.data_root)
+        text = generate_text(path, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    except (CheckpointError, FileNotFoundError) as exc:
+        fail(str(exc))
+    out.print(prompt + text, highlight=False)
 
 
 @warehouse_app.command("duplicates")

@@ -24,12 +24,13 @@ from crawl2model.runtime import prefect_api
 from flows.curate import CurateSummary, run_curate
 from flows.dedup import DedupSummary, run_dedup
 from flows.scrub import ScrubSummary, run_scrub
+from flows.pretrain import PretrainSummary, run_pretrain
 from flows.tokenize_corpus import TokenizerSummary, run_tokenizer
 from flows.tracking import Tracking
 from warehouse import Warehouse
 
 STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
-AVAILABLE = ("curate", "dedup", "pii", "tokenizer")
+AVAILABLE = ("curate", "dedup", "pii", "tokenizer", "pretrain")
 
 
 class StageNotAvailable(ValueError):
@@ -45,6 +46,7 @@ class PipelineResult:
     dedup: list[DedupSummary] = field(default_factory=list)  # one per snapshot processed
     pii: list[ScrubSummary] = field(default_factory=list)
     tokenizer: TokenizerSummary | None = None
+    pretrain: PretrainSummary | None = None
     seconds: float = 0.0
 
 
@@ -97,6 +99,8 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
         if reaches(until, "tokenizer"):
             result.tokenizer = run_tokenizer(cfg, result.curate.snapshot, parent_run_id=parent,
                                              show_progress=show_progress)
+        if reaches(until, "pretrain"):
+            result.pretrain = run_pretrain(cfg, result.tokenizer.manifest, parent_run_id=parent)
         result.seconds = time.perf_counter() - started
         tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
         failed = False

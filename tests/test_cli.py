@@ -26,15 +26,20 @@ def c2m(*args, root, env_extra=None, timeout=600):
                           timeout=timeout)
 
 
+# a small sample and a tiny model keep the test short; the defaults take minutes
+SMALL = ("sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", "pretrain.preset=tiny", "pretrain.max_steps=4",
+         "pretrain.eval_every=2", "pretrain.micro_batch=4", "pretrain.tokens_per_step=512")
+
+
 def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_server):
     root = tmp_path / "root"
-    # a small sample keeps the test short; the default is several MB
-    first = c2m("run", "sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", root=root,
+    first = c2m("run", *SMALL, root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert first.returncode == 0, first.stderr[-3000:]
     assert "snapshot snap-" in first.stdout and "documents curated" in first.stdout
     assert "dedup snap-" in first.stdout and "pii snap-" in first.stdout  # the default runs every stage built
     assert "tokenizer snap-" in first.stdout and "manifest.json" in first.stdout
+    assert "pretrain: trained to step 4" in first.stdout and "crawl2model generate" in first.stdout
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()
     robots = con.execute("select url from rejections where reason = 'robots-disallowed'").fetchall()
@@ -46,10 +51,10 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert [u for (u,) in robots] and robots[0][0].endswith("/private/drafts.html")
     assert (root / "mlflow.db").is_file() and list((root / "crawl").glob("*/*.warc.gz"))
 
-    again = c2m("run", "sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", root=root,
+    again = c2m("run", *SMALL, root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing new") == 4  # curate, dedup, pii and tokenizer
+    assert again.stdout.count("nothing new") == 5  # curate, dedup, pii, tokenizer and pretrain
 
     funnel = c2m("warehouse", "funnel", root=root)
     assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
@@ -61,6 +66,8 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert sample.returncode == 0 and "chars" in sample.stdout
     cluster = c2m("warehouse", "duplicates", some_doc, root=root)
     assert cluster.returncode == 0 and some_doc in cluster.stdout and "kept" in cluster.stdout
+    generated = c2m("generate", "The ", "--max-new-tokens", "5", root=root)
+    assert generated.returncode == 0 and generated.stdout.startswith("The "), generated.stderr[-2000:]
     show = c2m("tokenizer", "show", "The quick brown fox", root=root)
     assert show.returncode == 0 and "bytes/token" in show.stdout and "'The'" in show.stdout, show.stdout
 
@@ -69,7 +76,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     (["curate", "/no/such/file.warc.gz"], "does not exist"),
     (["curate", "x.warc.gz", "curate.langauge.min_score=0.5"], "curate.langauge"),
     (["curate", "x.warc.gz", "curate.language.min_score=lots"], "curate.language.min_score"),
-    (["run", "--until", "pretrain"], "not built yet"),
+    (["run", "--until", "sft"], "not built yet"),
     (["run", "--until", "fly"], "unknown stage"),
     (["--config", "/no/such.yaml", "run"], "does not exist"),
     (["warehouse", "funnel"], "no warehouse"),

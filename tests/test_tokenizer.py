@@ -35,6 +35,7 @@ from tasks.token_shards import (
     write_shard,
 )
 from tests.conftest import shared
+from tests.test_dedup_flow import neardup_docs, write_pages  # at import time: it imports tests.conftest
 
 ODD = ["naïve café — 東京 🙂 \t\r\n x", "  two  spaces\n\n\n", "<|not a special token|>", "\x00\x01 control",
        "", " ", "\u200b\ufeffzero width", "e\u0301 combining", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "a" * 5000]
@@ -177,8 +178,6 @@ def test_manifest_refuses_another_tokenizer(tmp_path, tokenizer_dir, articles):
 
 @pytest.fixture
 def corpus_pages(tmp_path):
-    from tests.test_dedup_flow import neardup_docs, write_pages
-
     docs = [d for d in neardup_docs() if "-v" not in d["id"]]
     return write_pages(tmp_path / "pages", {f"nd-{d['id']}": d["text"] for d in docs})
 

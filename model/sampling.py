@@ -1,0 +1,54 @@
+"""Text in, text out with a pretraining checkpoint: finds the tokenizer the checkpoint was trained
+with (through its shard manifest) and continues a prompt.
+
+    from model.sampling import generate_text, newest_checkpoint
+    print(generate_text(newest_checkpoint("c2m-data"), "The ", max_new_tokens=64, temperature=0.8, top_k=50))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.config import ModelConfig
+from model.generate import generate
+from model.llama import Llama
+
+__all__ = ["CheckpointError", "generate_text", "load_model", "newest_checkpoint"]
+
+
+def newest_checkpoint(root: str | Path) -> Path:
+    found = [p for p in (Path(root) / "checkpoints").glob("*/step-*") if ".tmp-" not in p.name and (p / "meta.json").exists()]
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {Path(root) / 'checkpoints'}: run `crawl2model train` first")
+    return max(found, key=lambda p: (p / "meta.json").stat().st_mtime)
+
+
+def load_model(path: str | Path) -> tuple[Llama, dict]:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a checkpoint (no meta.json)") from None
+    model = Llama(ModelConfig.from_dict(meta["config"]))
+    load_checkpoint(path, model)
+    return model.eval(), meta
+
+
+def generate_text(path: str | Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8,
+                  top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
+    from tokenizers import Tokenizer
+
+    from tasks.bpe import EOT
+
+    model, meta = load_model(path)
+    manifest = json.loads(Path(meta["train"]["manifest"]).read_text())
+    tokenizer = Tokenizer.from_file(manifest["tokenizer"])
+    ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id(EOT)]
+    with torch.no_grad():
+        [new] = generate(model, [ids], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         eos_id=tokenizer.token_to_id(EOT), seed=seed)
+    return tokenizer.decode(new)
