@@ -151,15 +151,20 @@ def _stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, force
     cfg = _config(ctx, overrides)
     if not (cfg.data_root / "warehouse.duckdb").exists():
         fail(f"no warehouse at {cfg.data_root}: run `crawl2model curate PATH` or `crawl2model run` first")
+    printer(_in_session(cfg, (WarehouseError,), runner, cfg, snapshot, None, True, force))
+
+
+def _in_session(cfg: Config, user_errors: tuple, fn, *args):
+    """Run a flow function in a Prefect/MLflow session: a user error exits 2 with its message,
+    anything else exits 1 with the exception."""
     from flows.pipeline import in_session
 
     try:
-        summary = in_session(cfg, runner, cfg, snapshot, None, True, force)
-    except WarehouseError as exc:
+        return in_session(cfg, fn, *args)
+    except user_errors as exc:
         fail(str(exc))
     except Exception as exc:
         fail(f"{type(exc).__name__}: {exc}", code=1)
-    printer(summary)
 
 
 @app.command()
@@ -326,20 +331,13 @@ def tokenizer_encode(
 
 
 def _tokenizer_stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, encode: bool) -> None:
-    from flows.pipeline import in_session
     from flows.tokenize_corpus import run_tokenizer
     from warehouse import WarehouseError
 
     cfg = _config(ctx, overrides)
     if not (cfg.data_root / "warehouse.duckdb").exists():
         fail(f"no warehouse at {cfg.data_root}: run `crawl2model run --until pii` first")
-    try:
-        summary = in_session(cfg, run_tokenizer, cfg, snapshot, None, True, encode)
-    except (WarehouseError, ValueError) as exc:
-        fail(str(exc))
-    except Exception as exc:
-        fail(f"{type(exc).__name__}: {exc}", code=1)
-    _print_tokenizer(summary)
+    _print_tokenizer(_in_session(cfg, (WarehouseError, ValueError), run_tokenizer, cfg, snapshot, None, True, encode))
 
 
 @tokenizer_app.command("show")
@@ -369,18 +367,11 @@ def train(
     manifest: Optional[Path] = typer.Option(None, help="Token shard manifest (default: the newest shards)."),
 ) -> None:
     """Pretrain a model on the token shards (resumes a killed run; a finished one is a no-op)."""
-    from flows.pipeline import in_session
     from flows.pretrain import run_pretrain
     from tasks.token_shards import ShardError
 
     cfg = _config(ctx, (overrides or []) + ([f"pretrain.preset={preset}"] if preset else []))
-    try:
-        summary = in_session(cfg, run_pretrain, cfg, manifest)
-    except (FileNotFoundError, ShardError) as exc:
-        fail(str(exc))
-    except Exception as exc:
-        fail(f"{type(exc).__name__}: {exc}", code=1)
-    _print_pretrain(summary)
+    _print_pretrain(_in_session(cfg, (FileNotFoundError, ShardError), run_pretrain, cfg, manifest))
 
 
 @app.command()

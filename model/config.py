@@ -84,11 +84,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return from_known_fields(cls, data)
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Exact parameter count of model.llama.Llama (a tied output matrix counts once).
@@ -118,3 +114,12 @@ class ModelConfig:
         if include_lm_head:
             n += self.dim * self.vocab_size
         return 6 * n + 12 * self.n_layers * self.dim * seq_len
+
+
+def from_known_fields(cls, values: dict):
+    """cls(**values) for a dataclass, refusing unknown keys by name (a typo is an error, not ignored)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)

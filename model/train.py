@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from model.config import ModelConfig
+from model.config import ModelConfig, from_known_fields
 from model.data import ShardBatches
 from model.llama import Llama
 
@@ -68,15 +68,10 @@ class TrainConfig:
     compile: bool | None = None          # default: on CUDA only
     bf16: bool | None = None             # default: on CUDA only
     sample_prompts: list = field(default_factory=list)  # token id lists generated from at each eval
-    stop_after: int | None = None        # stop (as if killed) after this step: for tests
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown train settings {sorted(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return from_known_fields(cls, values)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -214,8 +209,6 @@ def train(cfg: TrainConfig, log=None) -> dict:
             save_checkpoint(out / f"step-{done:06d}", model, optimizer,
                             {"step": done, "config": model_config.to_dict(), "train": asdict(cfg),
                              "data": {"seed": cfg.seed, "next_batch": done * accumulation}, "metrics": metrics})
-        if cfg.stop_after is not None and done >= cfg.stop_after:
-            break
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
