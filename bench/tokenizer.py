@@ -1,7 +1,7 @@
 """Benchmark: the tokenizer stage's encoding to shards against raw `tokenizers` encode_batch on the
 same texts and threads, and tokenizer training time for 8k and 32k vocabularies.
 
-    .venv/bin/python bench/tokenize.py            # the curated sample at 1x and 4x (see bench/dedup.py)
+    .venv/bin/python bench/tokenizer.py            # the curated sample at 1x and 4x (see bench/dedup.py)
 
 Texts: the bundled sample, curated (bench/out/dedup/sample.jsonl, ~3.4 MB), and 4x it with edited
 copies (bench/out/dedup/docs-x4.jsonl). Encoding sides, same tokenizer (8k, trained on the
