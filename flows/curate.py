@@ -118,12 +118,11 @@ def curate_flow(inputs: list[str], cfg: Config, parent_run_id: str | None = None
 
     tracking = Tracking(root, cfg.experiment)
     flow_run_id = str(get_run_context().flow_run.id)
-    run_id = tracking.start_run("curate", parent_run_id, tags={"prefect.flow_run_id": flow_run_id,
-                                                                "snapshot": snapshot, "stage": "curate"})
-    tracking.log_params(run_id, flatten(cfg.curate.model_dump(mode="json"), "curate."))
-    tracking.log_params(run_id, {"inputs": inputs, "config_hash": salt, "snapshot": snapshot})
     failed: list[str] = []
-    try:
+    with tracking.run("curate", parent_run_id, tags={"prefect.flow_run_id": flow_run_id, "snapshot": snapshot,
+                                                     "stage": "curate"}) as run_id:
+        tracking.log_params(run_id, flatten(cfg.curate.model_dump(mode="json"), "curate."))
+        tracking.log_params(run_id, {"inputs": inputs, "config_hash": salt, "snapshot": snapshot})
         with Warehouse.open(root) as wh:
             wh.begin_snapshot(snapshot, salt, [str(i) for i in inputs])
             loaded = wh.loaded_shards()
@@ -158,13 +157,9 @@ def curate_flow(inputs: list[str], cfg: Config, parent_run_id: str | None = None
                                 run_id, funnel)
         _report(tracking, run_id, summary, funnel, reasons, kept_sample, rejected_sample,
                 sum(s.bytes for s in todo))
-    except BaseException:
-        tracking.end_run(run_id, failed=True)
-        raise
-    tracking.end_run(run_id, failed=bool(failed))
-    if failed:
-        raise RuntimeError(f"{len(failed)} shard(s) failed (the others are stored; re-run to retry): "
-                           + "; ".join(failed[:5]))
+        if failed:  # raised inside the run: it ends FAILED
+            raise RuntimeError(f"{len(failed)} shard(s) failed (the others are stored; re-run to retry): "
+                               + "; ".join(failed[:5]))
     return summary
 
 

@@ -68,9 +68,9 @@ def dedup_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str | No
         if previous:
             return DedupSummary(snapshot, True, previous["summary"])
         tracking = Tracking(root, cfg.experiment)
-        run_id = tracking.start_run("dedup", parent_run_id, tags={
-            "prefect.flow_run_id": str(get_run_context().flow_run.id), "snapshot": snapshot, "stage": "dedup"})
-        try:
+        with tracking.run("dedup", parent_run_id, tags={
+                "prefect.flow_run_id": str(get_run_context().flow_run.id), "snapshot": snapshot, "stage": "dedup"}
+                ) as run_id:
             tracking.log_params(run_id, {**flatten(cfg.dedup.model_dump(mode="json"), "dedup."),
                                          "snapshot": snapshot, "config_hash": config_hash})
             started = time.perf_counter()
@@ -84,10 +84,6 @@ def dedup_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str | No
                         result["docs_out"], seconds)
             _report(tracking, run_id, cfg.dedup, result, result["docs_in"] / max(seconds, 1e-9),
                     wh.rejections(snapshot, stage="near_dedup", limit=50))
-        except BaseException:
-            tracking.end_run(run_id, failed=True)
-            raise
-    tracking.end_run(run_id)
     return DedupSummary(snapshot, False, result, run_id)
 
 

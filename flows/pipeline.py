@@ -77,9 +77,7 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
     started = time.perf_counter()
     flow_run_id = str(get_run_context().flow_run.id)
     tracking = Tracking(cfg.data_root, cfg.experiment)
-    parent = tracking.start_run("pipeline", tags={"prefect.flow_run_id": flow_run_id, "until": until})
-    failed = True
-    try:
+    with tracking.run("pipeline", tags={"prefect.flow_run_id": flow_run_id, "until": until}) as parent:
         if not inputs:
             from flows.sample import prepare_sample
 
@@ -103,10 +101,7 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
             result.pretrain = run_pretrain(cfg, result.tokenizer.manifest, parent_run_id=parent)
         result.seconds = time.perf_counter() - started
         tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
-        failed = False
         return result
-    finally:
-        tracking.end_run(parent, failed=failed)
 
 
 def in_session(cfg: Config, fn, *args, **kwargs):

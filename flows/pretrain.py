@@ -121,12 +121,12 @@ def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str 
 
     settings = _train_settings(cfg, manifest, out, tokenizer)
     tracking = Tracking(root, cfg.experiment)
-    run_id = tracking.start_run("pretrain", parent_run_id, tags={
-        "prefect.flow_run_id": str(get_run_context().flow_run.id), "stage": "pretrain",
-        "snapshot": shard_set.manifest.get("snapshot", ""), "tokenizer_sha256": shard_set.manifest["tokenizer_sha256"]})
     history: list[dict] = []
     samples: list[str] = []
-    try:
+    with tracking.run("pretrain", parent_run_id, tags={
+            "prefect.flow_run_id": str(get_run_context().flow_run.id), "stage": "pretrain",
+            "snapshot": shard_set.manifest.get("snapshot", ""), "tokenizer_sha256": shard_set.manifest["tokenizer_sha256"]}
+            ) as run_id:
         tracking.log_params(run_id, {**flatten(cfg.pretrain.model_dump(mode="json"), "pretrain."),
                                      "manifest": str(manifest), "checkpoints": str(out)})
         tracking.log_metrics(run_id, {"pretrain/unigram_val_loss": baseline})
@@ -171,10 +171,6 @@ def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str 
         png.unlink()
         tracking.log_text(run_id, "\n".join(samples) + "\n", "pretrain/samples.txt")
         tracking.log_files(run_id, [final / "model.safetensors", final / "meta.json"], "checkpoint")
-    except BaseException:
-        tracking.end_run(run_id, failed=True)
-        raise
-    tracking.end_run(run_id)
     return PretrainSummary(final, False, history[-1] if history else {}, baseline, run_id)
 
 

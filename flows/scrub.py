@@ -61,9 +61,9 @@ def pii_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str | None
         if previous:
             return ScrubSummary(snapshot, True, previous["summary"])
         tracking = Tracking(root, cfg.experiment)
-        run_id = tracking.start_run("pii", parent_run_id, tags={
-            "prefect.flow_run_id": str(get_run_context().flow_run.id), "snapshot": snapshot, "stage": "pii"})
-        try:
+        with tracking.run("pii", parent_run_id, tags={
+                "prefect.flow_run_id": str(get_run_context().flow_run.id), "snapshot": snapshot, "stage": "pii"}
+                ) as run_id:
             tracking.log_params(run_id, {**flatten(cfg.pii.model_dump(mode="json"), "pii."),
                                          "snapshot": snapshot, "config_hash": config_hash})
             started = time.perf_counter()
@@ -80,10 +80,6 @@ def pii_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str | None
             placeholders = list(cfg.pii.scrubber().placeholders.values())
             tracking.log_text(run_id, "\n".join(json.dumps(e) for e in examples(wh, snapshot, placeholders)),
                               "pii/examples.jsonl")
-        except BaseException:
-            tracking.end_run(run_id, failed=True)
-            raise
-    tracking.end_run(run_id)
     return ScrubSummary(snapshot, False, {**totals, "seconds": seconds}, run_id)
 
 

@@ -145,9 +145,9 @@ def tokenizer_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str 
             return TokenizerSummary(snapshot, tok_dir, out_dir / "manifest.json" if out_dir else None, False, False,
                                     manifest.get("metrics", {}))
         tracking = Tracking(root, cfg.experiment)
-        run_id = tracking.start_run("tokenizer", parent_run_id, tags={
-            "prefect.flow_run_id": str(get_run_context().flow_run.id), "snapshot": snapshot, "stage": "tokenizer"})
-        try:
+        with tracking.run("tokenizer", parent_run_id, tags={
+                "prefect.flow_run_id": str(get_run_context().flow_run.id), "snapshot": snapshot, "stage": "tokenizer"}
+                ) as run_id:
             tracking.log_params(run_id, {**flatten(tcfg.model_dump(mode="json"), "tokenizer."),
                                          "tokenizer.vocab": tcfg.vocab, "snapshot": snapshot})
             metrics: dict[str, float] = {}
@@ -168,10 +168,6 @@ def tokenizer_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str 
                 _point(root, "shards", out_dir)
                 metrics.update(json.loads(manifest_path.read_text())["metrics"])
             tracking.log_metrics(run_id, metrics)
-        except BaseException:
-            tracking.end_run(run_id, failed=True)
-            raise
-    tracking.end_run(run_id)
     return TokenizerSummary(snapshot, tok_dir, manifest_path, must_train, must_encode, metrics, run_id)
 
 

@@ -3,9 +3,8 @@
     from flows.tracking import Tracking
     tracking = Tracking(root, "crawl2model")
     parent = tracking.start_run("pipeline", tags={"prefect.flow_run_id": "..."})
-    run = tracking.start_run("curate", parent_id=parent)
-    tracking.log_metrics(run, {"curate/docs_out": 10})
-    tracking.end_run(run)
+    with tracking.run("curate", parent_id=parent) as run:   # FAILED if the block raises
+        tracking.log_metrics(run, {"curate/docs_out": 10})
 
 MLflow's "active run" is per thread, so nothing here uses it: every call names its run id and
 works the same from the flow, a worker thread or another process. Metric names are
@@ -18,7 +17,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -54,6 +54,17 @@ class Tracking:
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    @contextmanager
+    def run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+        """A run that ends FINISHED when the block completes and FAILED when it raises."""
+        run_id = self.start_run(name, parent_id, tags)
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, failed=True)
+            raise
+        self.end_run(run_id)
 
     def end_run(self, run_id: str, failed: bool = False) -> None:
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from warehouse.schema import FUNNEL_STAGES
+from warehouse.store import transaction
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,7 @@ def apply_dedup(con: duckdb.DuckDBPyConnection, snapshot: str, decisions: pa.Tab
     (exact_duplicate, near_duplicate or NULL). Every other document of the snapshot is its own
     cluster of one. Rejections and per-shard stage stats (exact_dedup, then near_dedup) follow.
     """
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM rejections WHERE snapshot = ? AND stage IN ('exact_dedup', 'near_dedup')", [snapshot])
         con.execute("DELETE FROM shard_stats WHERE snapshot = ? AND stage IN ('exact_dedup', 'near_dedup')", [snapshot])
         con.execute(
@@ -249,10 +249,6 @@ def apply_dedup(con: duckdb.DuckDBPyConnection, snapshot: str, decisions: pa.Tab
                 {"snapshot": snapshot, "stage": stage, "order": FUNNEL_STAGES.index(stage), "seconds": seconds,
                  "total": total})
         record_stage(con, snapshot, "dedup", config_hash, summary)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def record_stage(con: duckdb.DuckDBPyConnection, snapshot: str, stage: str, config_hash: str, summary: dict) -> None:

@@ -18,6 +18,8 @@ Every query is parameterized.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,18 @@ DB_NAME = "warehouse.duckdb"
 
 class WarehouseError(RuntimeError):
     """A warehouse problem the user can act on (missing, locked, unknown snapshot)."""
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK when the block raises: every write here is all or nothing."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _now() -> datetime:
@@ -107,56 +121,51 @@ class Warehouse:
         """Load a finished shard's Parquet files in one transaction (no-op if already loaded)."""
         folder = shard_dir(self.root, key)
         con = self.con
-        con.execute("BEGIN TRANSACTION")
         try:
-            if self._value("SELECT count(*) FROM shards WHERE shard = ?", [key]):
-                con.execute("ROLLBACK")
-                return {"stored": 0, "duplicates": 0}
-            # Rows are stamped with the snapshot that loads them (a shard written by a killed run of
-            # another snapshot is adopted by the run that loads it).
-            con.execute("CREATE OR REPLACE TEMP TABLE incoming AS SELECT * REPLACE (?::VARCHAR AS snapshot) "
-                        "FROM read_parquet(?)", [snapshot, str(folder / "documents.parquet")])
-            # The store stage: at most one row per doc_id, at most one per URL in a snapshot.
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE duplicate AS
-                   SELECT i.doc_id, i.url, i.source,
-                          CASE WHEN d.doc_id IS NOT NULL THEN 'duplicate-document' ELSE 'duplicate-url' END AS reason,
-                          CASE WHEN d.doc_id IS NOT NULL THEN 'doc_id ' || d.doc_id || ' already stored in snapshot ' || d.snapshot
-                               ELSE 'kept doc_id ' || u.doc_id END AS detail
-                   FROM incoming i
-                   LEFT JOIN documents d ON d.doc_id = i.doc_id
-                   LEFT JOIN (SELECT url, min(doc_id) AS doc_id FROM documents WHERE snapshot = ? GROUP BY url) u
-                          ON u.url = i.url
-                   WHERE d.doc_id IS NOT NULL OR u.url IS NOT NULL""",
-                [snapshot],
-            )
-            con.execute("INSERT INTO documents BY NAME SELECT * FROM incoming WHERE doc_id NOT IN (SELECT doc_id FROM duplicate)")
-            con.execute("INSERT INTO rejections SELECT * REPLACE (?::VARCHAR AS snapshot) FROM read_parquet(?)",
-                        [snapshot, str(folder / "rejections.parquet")])
-            con.execute(
-                # A document already stored is not removed: its rejection row names the URL, not the doc_id
-                # (a doc_id in `rejections` means that document is not among the kept ones).
-                "INSERT INTO rejections SELECT CASE WHEN reason = 'duplicate-document' THEN NULL ELSE doc_id END, "
-                "url, source, 'store', reason, detail, false, ?, ? FROM duplicate",
-                [snapshot, key],
-            )
-            con.execute("INSERT INTO shard_stats BY NAME SELECT * REPLACE (?::VARCHAR AS snapshot) FROM read_parquet(?)",
-                        [snapshot, str(folder / "stats.parquet")])
-            incoming = self._value("SELECT count(*) FROM incoming")
-            duplicates = self._value("SELECT count(*) FROM duplicate")
-            if incoming:
-                nbytes = self._value("SELECT coalesce(sum(strlen(text)), 0) FROM incoming")
+            with transaction(con):
+                if self._value("SELECT count(*) FROM shards WHERE shard = ?", [key]):
+                    return {"stored": 0, "duplicates": 0}
+                # Rows are stamped with the snapshot that loads them (a shard written by a killed run of
+                # another snapshot is adopted by the run that loads it).
+                con.execute("CREATE OR REPLACE TEMP TABLE incoming AS SELECT * REPLACE (?::VARCHAR AS snapshot) "
+                            "FROM read_parquet(?)", [snapshot, str(folder / "documents.parquet")])
+                # The store stage: at most one row per doc_id, at most one per URL in a snapshot.
                 con.execute(
-                    "INSERT INTO shard_stats (snapshot, shard, stage, stage_order, docs_in, docs_out, docs_dropped, "
-                    "docs_quarantined, bytes, seconds) VALUES (?, ?, 'store', ?, ?, ?, ?, 0, ?, 0)",
-                    [snapshot, key, CURATE_STAGES.index("store"), incoming, incoming - duplicates, duplicates, nbytes],
+                    """CREATE OR REPLACE TEMP TABLE duplicate AS
+                       SELECT i.doc_id, i.url, i.source,
+                              CASE WHEN d.doc_id IS NOT NULL THEN 'duplicate-document' ELSE 'duplicate-url' END AS reason,
+                              CASE WHEN d.doc_id IS NOT NULL THEN 'doc_id ' || d.doc_id || ' already stored in snapshot ' || d.snapshot
+                                   ELSE 'kept doc_id ' || u.doc_id END AS detail
+                       FROM incoming i
+                       LEFT JOIN documents d ON d.doc_id = i.doc_id
+                       LEFT JOIN (SELECT url, min(doc_id) AS doc_id FROM documents WHERE snapshot = ? GROUP BY url) u
+                              ON u.url = i.url
+                       WHERE d.doc_id IS NOT NULL OR u.url IS NOT NULL""",
+                    [snapshot],
                 )
-            seq = self._value("SELECT coalesce(max(seq), 0) + 1 FROM shards")
-            con.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)", [key, snapshot, kind, label, seq, _now()])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+                con.execute("INSERT INTO documents BY NAME SELECT * FROM incoming WHERE doc_id NOT IN (SELECT doc_id FROM duplicate)")
+                con.execute("INSERT INTO rejections SELECT * REPLACE (?::VARCHAR AS snapshot) FROM read_parquet(?)",
+                            [snapshot, str(folder / "rejections.parquet")])
+                con.execute(
+                    # A document already stored is not removed: its rejection row names the URL, not the doc_id
+                    # (a doc_id in `rejections` means that document is not among the kept ones).
+                    "INSERT INTO rejections SELECT CASE WHEN reason = 'duplicate-document' THEN NULL ELSE doc_id END, "
+                    "url, source, 'store', reason, detail, false, ?, ? FROM duplicate",
+                    [snapshot, key],
+                )
+                con.execute("INSERT INTO shard_stats BY NAME SELECT * REPLACE (?::VARCHAR AS snapshot) FROM read_parquet(?)",
+                            [snapshot, str(folder / "stats.parquet")])
+                incoming = self._value("SELECT count(*) FROM incoming")
+                duplicates = self._value("SELECT count(*) FROM duplicate")
+                if incoming:
+                    nbytes = self._value("SELECT coalesce(sum(strlen(text)), 0) FROM incoming")
+                    con.execute(
+                        "INSERT INTO shard_stats (snapshot, shard, stage, stage_order, docs_in, docs_out, docs_dropped, "
+                        "docs_quarantined, bytes, seconds) VALUES (?, ?, 'store', ?, ?, ?, ?, 0, ?, 0)",
+                        [snapshot, key, CURATE_STAGES.index("store"), incoming, incoming - duplicates, duplicates, nbytes],
+                    )
+                seq = self._value("SELECT coalesce(max(seq), 0) + 1 FROM shards")
+                con.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)", [key, snapshot, kind, label, seq, _now()])
         finally:
             con.execute("DROP TABLE IF EXISTS incoming; DROP TABLE IF EXISTS duplicate")
         return {"stored": incoming - duplicates, "duplicates": duplicates}
