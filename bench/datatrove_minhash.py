@@ -54,13 +54,13 @@ import resource
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 # Nothing here needs the Hugging Face hub; make sure nothing tries to reach it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from datatrove.executor import LocalPipelineExecutor  # noqa: E402
+from peer import stdout_to_stderr  # noqa: E402  (bench/ is on sys.path when this runs as a script)
 from datatrove.pipeline.dedup.minhash import (  # noqa: E402
     MinhashConfig,
     MinhashDedupBuckets,
@@ -77,20 +77,6 @@ from datatrove.utils.typeshelper import Languages  # noqa: E402
 _OUR_DIRS = ("input", "signatures", "buckets", "remove_ids", "output", "removed", "logs")
 _OUR_FILES = ("removed_ids.txt",)
 STAGES = ("signatures", "buckets", "clusters", "filter")
-
-
-@contextmanager
-def stdout_to_stderr():
-    """Send fd 1 (and so anything datatrove or a worker prints) to stderr."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def split_input(src: Path, dst: Path, tasks: int) -> int:

@@ -41,7 +41,6 @@ import re
 import resource
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 # Nothing here needs the Hugging Face hub; make sure nothing tries to reach it.
@@ -49,6 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from datatrove.data import Document  # noqa: E402
 from datatrove.executor import LocalPipelineExecutor  # noqa: E402
+from peer import stdout_to_stderr  # noqa: E402  (bench/ is on sys.path when this runs as a script)
 from datatrove.pipeline.extractors import Trafilatura  # noqa: E402
 from datatrove.pipeline.filters import (  # noqa: E402
     C4QualityFilter,
@@ -161,20 +161,6 @@ def count_warc_records(warcs: list[Path]) -> tuple[int, int]:
         except Exception as e:  # a damaged file: count what could be read
             print(f"[datatrove_peer] {path}: {type(e).__name__}: {e}", file=sys.stderr)
     return records, responses
-
-
-@contextmanager
-def stdout_to_stderr():
-    """Send fd 1 (and so anything datatrove, trafilatura or a worker prints) to stderr."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def peak_rss_mb() -> float:

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -31,6 +32,22 @@ PEER_SCRIPT = BENCH / "datatrove_peer.py"
 DEFAULT_VENV = BENCH / ".venvs" / "datatrove"
 
 _ready: set[Path] = set()
+
+
+@contextmanager
+def stdout_to_stderr():
+    """Send fd 1 (and so anything datatrove, trafilatura or a worker prints) to stderr, so that
+    the peer scripts' stdout holds only their one JSON line. Stdlib only: the peer scripts import
+    it inside the datatrove venv (`from peer import stdout_to_stderr`, bench/ being on sys.path)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _clean_env() -> dict[str, str]:

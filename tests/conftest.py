@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -32,6 +33,15 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data not found at {path} (it lives beside the repo in ../shared/data)")
     return path
+
+
+def query(root: Path, sql: str, params=()):
+    """Rows of a query on a data root's warehouse, read-only."""
+    con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
 
 
 @pytest.fixture(scope="session")

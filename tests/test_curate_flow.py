@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.pipeline import run_pipeline
-from tests.conftest import shared
+from tests.conftest import query, shared
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +42,6 @@ def tables(root: Path) -> dict[str, list[tuple]]:
             "stage_stats": con.execute("select snapshot, stage, docs_in, docs_out, docs_dropped, docs_quarantined, bytes "
                                        "from stage_stats order by all").fetchall(),
         }
-    finally:
-        con.close()
-
-
-def query(root: Path, sql: str, params=()):
-    con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params).fetchall()
     finally:
         con.close()
 

@@ -16,7 +16,6 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import duckdb
 import pytest
 from mlflow import MlflowClient
 
@@ -25,7 +24,7 @@ from flows.dedup import run_dedup
 from flows.pipeline import run_pipeline
 from flows.scrub import run_scrub
 from tasks.dedup import ShingleJaccard, exact_hash, true_duplicate_pairs
-from tests.conftest import shared
+from tests.conftest import query, shared
 from warehouse import Warehouse
 
 pytestmark = pytest.mark.slow
@@ -75,14 +74,6 @@ def pii_pages(records: list[dict], fillers: list[str]) -> tuple[dict[str, str], 
             values[name] += [s["value"] for s in record["spans"] if s["type"] in STRUCTURED]
         texts[name] = "\n".join(paragraphs)
     return texts, values
-
-
-def query(root: Path, sql: str, params=()):
-    con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 def curated_texts(root: Path) -> dict[str, str]:
