@@ -1,5 +1,6 @@
-"""The pretrain stage: train a model preset on the token shards, as a subprocess (`torchrun`
-when `pretrain.nproc` > 1) whose metric lines stream into Prefect's log and MLflow.
+"""The pretrain stage: train a model preset on the token shards. The Prefect task `train` runs
+`model.train` as a subprocess (`torchrun` when `pretrain.nproc` > 1) and streams its metric lines
+into Prefect's log and MLflow.
 
     crawl2model train [--preset small] [pretrain.max_steps=400 ...]
     crawl2model run --until pretrain
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
@@ -103,37 +105,19 @@ def loss_curve(history: list[dict], baseline: float) -> Path:
     return path
 
 
-@flow(name="pretrain", log_prints=False)
-def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str | None = None) -> PretrainSummary:
+@task(name="train", cache_policy=NONE)
+def train_task(settings: dict, nproc: int, max_steps: int, tracking: Tracking, run_id: str, baseline: float,
+               tokenizer) -> tuple[list[dict], list[str]]:
+    """Run model.train (torchrun when nproc > 1) and stream its JSON metric lines to MLflow and the
+    Prefect log; returns the metric history and the decoded samples. stderr goes to a file, not a pipe,
+    so a chatty trainer cannot fill the pipe and stall while we read stdout."""
     logger = get_run_logger()
-    root = cfg.data_root
-    manifest = Path(manifest) if manifest else latest(root, "shards") / "manifest.json"
-    shard_set = ShardSet.open(manifest)
-    tokenizer_path = Path(shard_set.manifest["tokenizer"])
-    tokenizer = load_tokenizer(tokenizer_path.parent)
-    out = root / "checkpoints" / stable_hash([file_sha256(manifest), cfg.pretrain.fingerprint()])[:12]
-    baseline = unigram_val_loss(shard_set, shard_set.manifest["vocab_size"])
-    final = out / f"step-{cfg.pretrain.max_steps:06d}"
-    if (final / "meta.json").exists():
-        meta = json.loads((final / "meta.json").read_text())
-        logger.info("pretrain: nothing new, %s is done", final)
-        return PretrainSummary(final, True, meta.get("metrics", {}), baseline)
-
-    settings = _train_settings(cfg, manifest, out, tokenizer)
-    tracking = Tracking(root, cfg.experiment)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     history: list[dict] = []
     samples: list[str] = []
-    with tracking.run("pretrain", parent_run_id, tags={
-            "prefect.flow_run_id": str(get_run_context().flow_run.id), "stage": "pretrain",
-            "snapshot": shard_set.manifest.get("snapshot", ""), "tokenizer_sha256": shard_set.manifest["tokenizer_sha256"]}
-            ) as run_id:
-        tracking.log_params(run_id, {**flatten(cfg.pretrain.model_dump(mode="json"), "pretrain."),
-                                     "manifest": str(manifest), "checkpoints": str(out)})
-        tracking.log_metrics(run_id, {"pretrain/unigram_val_loss": baseline})
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        started = time.perf_counter()
-        proc = subprocess.Popen(_command(settings, cfg.pretrain.nproc), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(_command(settings, nproc), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
         for line in proc.stdout:
             if not line.startswith("{"):
                 continue
@@ -141,7 +125,7 @@ def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str 
             if metrics.get("event") == "start":
                 tracking.log_params(run_id, {"params": metrics["params"], "params_non_embedding":
                                              metrics["params_non_embedding"], "tokens_per_step": metrics["tokens_per_step"],
-                                             "tokens_target": metrics["tokens_per_step"] * cfg.pretrain.max_steps,
+                                             "tokens_target": metrics["tokens_per_step"] * max_steps,
                                              "model": metrics["config"], "device": metrics["device"]})
                 logger.info("pretrain: %s parameters on %s, %d tokens per step", f"{metrics['params']:,}",
                             metrics["device"], metrics["tokens_per_step"])
@@ -161,7 +145,39 @@ def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str 
                             metrics["train/tokens_per_s"])
         proc.wait()
         if proc.returncode != 0:
-            raise RuntimeError(f"training failed (exit {proc.returncode}): {proc.stderr.read()[-2000:]}")
+            stderr.seek(0)
+            raise RuntimeError(f"training failed (exit {proc.returncode}): {stderr.read()[-2000:]}")
+    return history, samples
+
+
+@flow(name="pretrain", log_prints=False)
+def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str | None = None) -> PretrainSummary:
+    logger = get_run_logger()
+    root = cfg.data_root
+    manifest = Path(manifest) if manifest else latest(root, "shards") / "manifest.json"
+    shard_set = ShardSet.open(manifest)
+    tokenizer_path = Path(shard_set.manifest["tokenizer"])
+    tokenizer = load_tokenizer(tokenizer_path.parent)
+    out = root / "checkpoints" / stable_hash([file_sha256(manifest), cfg.pretrain.fingerprint()])[:12]
+    baseline = unigram_val_loss(shard_set, shard_set.manifest["vocab_size"])
+    final = out / f"step-{cfg.pretrain.max_steps:06d}"
+    if (final / "meta.json").exists():
+        meta = json.loads((final / "meta.json").read_text())
+        logger.info("pretrain: nothing new, %s is done", final)
+        return PretrainSummary(final, True, meta.get("metrics", {}), baseline)
+
+    settings = _train_settings(cfg, manifest, out, tokenizer)
+    tracking = Tracking(root, cfg.experiment)
+    with tracking.run("pretrain", parent_run_id, tags={
+            "prefect.flow_run_id": str(get_run_context().flow_run.id), "stage": "pretrain",
+            "snapshot": shard_set.manifest.get("snapshot", ""), "tokenizer_sha256": shard_set.manifest["tokenizer_sha256"]}
+            ) as run_id:
+        tracking.log_params(run_id, {**flatten(cfg.pretrain.model_dump(mode="json"), "pretrain."),
+                                     "manifest": str(manifest), "checkpoints": str(out)})
+        tracking.log_metrics(run_id, {"pretrain/unigram_val_loss": baseline})
+        started = time.perf_counter()
+        history, samples = train_task(settings, cfg.pretrain.nproc, cfg.pretrain.max_steps, tracking, run_id, baseline,
+                                      tokenizer)
         seconds = time.perf_counter() - started
         last = history[-1] if history else {}
         tracking.log_metrics(run_id, {"pretrain/seconds": seconds, "pretrain/val_loss_vs_unigram":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
 
 from crawl2model.config import load_config
 from flows.pipeline import run_pipeline
@@ -38,6 +39,10 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
     assert int(run.data.params["params"]) > 0 and "pretrain/unigram_val_loss" in run.data.metrics
     artifacts = {a.path for folder in ("pretrain", "checkpoint") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"pretrain/loss_curve.png", "pretrain/samples.txt", "checkpoint/model.safetensors"} <= artifacts
+
+    with get_client(sync_client=True) as prefect:  # training ran as the Prefect task `train`
+        task_runs = prefect.read_task_runs()
+    assert [r.state_type.value for r in task_runs if r.task_key.startswith("train_task-")] == ["COMPLETED"]
 
     assert run_pretrain(cfg).no_op
     assert newest_checkpoint(data_root) == summary.checkpoint
