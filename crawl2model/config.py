@@ -232,6 +232,23 @@ class PretrainConfig(Section):
                                                                  "checkpoint_every", "sample_prompts"}))
 
 
+class ExportConfig(Section):
+    """Export and quantization (flows/export.py): which variants to write and how to measure them."""
+    formats: list[Literal["hf", "gguf", "torch"]] = Field(default_factory=lambda: ["hf", "gguf", "torch"])
+    gguf_quants: list[Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m",
+                              "q5_k_m", "q6_k"]] = Field(
+        default_factory=lambda: ["f16", "q8_0", "q4_0", "q4_k_m"],
+        description="GGUF types; k-quants (q*_k*) need llama.cpp: pip install 'crawl2model[gguf]'")
+    torch_quants: list[Literal["int8", "int4"]] = Field(default_factory=lambda: ["int8", "int4"])
+    group_size: int = Field(32, ge=8, description="int4: input columns sharing one scale")
+    eval_windows: int = Field(64, ge=1, description="val windows every variant is scored on")
+    gen_tokens: int = Field(64, ge=1, description="greedy tokens generated to measure tokens/s")
+    threads: int | None = Field(None, ge=1, description="llama.cpp threads (default: all cores)")
+
+    def fingerprint(self) -> str:
+        return stable_hash(self.model_dump(mode="json", exclude={"threads"}))
+
+
 class SampleConfig(Section):
     max_mb: float = Field(8.0, gt=0, description="HTML MiB of the bundled sample site (at most)")
     packages: list[str] = Field(  # all installed with crawl2model; ~6.9 MiB of pages, ~5 MB of prose
@@ -249,6 +266,7 @@ class Config(Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
 

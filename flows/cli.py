@@ -103,6 +103,8 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
         _print_tokenizer(result.tokenizer)
     if result.pretrain:
         _print_pretrain(result.pretrain)
+    if result.export:
+        _print_export(result.export)
     with _open_warehouse(cfg) as wh:
         _print_funnel(wh.funnel(s.snapshot))
     out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
@@ -395,6 +397,49 @@ def generate(
     except (CheckpointError, FileNotFoundError) as exc:
         fail(str(exc))
     out.print(prompt + text, highlight=False)
+
+
+GGUF_TYPES_HELP = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1; k-quants q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k"
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (export.*)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint folder (default: the newest under checkpoints/)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Comma-separated: hf, gguf, torch (default: all three)."),
+    quant: Optional[str] = typer.Option(None, help=f"Comma-separated GGUF types ({GGUF_TYPES_HELP}) and torch int8, int4."),
+) -> None:
+    """Export a checkpoint (Hugging Face folder, GGUF files with Ollama Modelfiles, torch int8/int4) and
+    print each variant's size, bits per weight, val perplexity and generation speed."""
+    from flows.export import run_export
+    from model.sampling import CheckpointError, newest_checkpoint
+
+    extra = list(overrides or [])
+    if format:
+        extra.append(f"export.formats=[{format}]")
+    if quant:
+        quants = [q.strip().lower() for q in quant.split(",") if q.strip()]
+        torch_quants = [q for q in quants if q in ("int8", "int4")]
+        extra += [f"export.gguf_quants=[{','.join(q for q in quants if q not in torch_quants)}]",
+                  f"export.torch_quants=[{','.join(torch_quants)}]"]
+    cfg = _config(ctx, extra)
+    try:
+        checkpoint = checkpoint or newest_checkpoint(cfg.data_root)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    if not (checkpoint / "meta.json").exists():
+        fail(f"{checkpoint} is not a checkpoint folder (no meta.json): give a step-NNNNNN folder under checkpoints/")
+    _print_export(_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError), run_export, cfg, checkpoint))
+
+
+def _print_export(summary) -> None:
+    what = "nothing new" if summary.no_op else f"{len(summary.variants)} variants"
+    out.print(f"[bold green]export[/] {summary.checkpoint}: {what} in {summary.out}")
+    out.print(summary.table, highlight=False, soft_wrap=True)
+    gguf = [v for v in summary.variants if v["format"] == "gguf"]
+    if gguf:
+        out.print(f"  ollama create crawl2model -f {gguf[0]['path'].removesuffix('.gguf')}.Modelfile")
 
 
 @warehouse_app.command("duplicates")

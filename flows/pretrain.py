@@ -63,6 +63,17 @@ def unigram_val_loss(shard_set: ShardSet, vocab_size: int) -> float:
     return float(-(val_counts * log_p).sum() / max(1, val_counts.sum()))
 
 
+def cached_unigram_val_loss(out: Path, shard_set: ShardSet) -> float:
+    """unigram_val_loss, computed once per checkpoint folder (a no-op re-run does not re-read the shards)."""
+    path = out / "unigram_val_loss.json"
+    if path.exists():
+        return json.loads(path.read_text())["unigram_val_loss"]
+    value = unigram_val_loss(shard_set, shard_set.manifest["vocab_size"])
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"unigram_val_loss": value}))
+    return value
+
+
 def _train_settings(cfg: Config, manifest: Path, out: Path, tokenizer) -> dict:
     p = cfg.pretrain
     return {
@@ -159,7 +170,7 @@ def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str 
     tokenizer_path = Path(shard_set.manifest["tokenizer"])
     tokenizer = load_tokenizer(tokenizer_path.parent)
     out = root / "checkpoints" / stable_hash([file_sha256(manifest), cfg.pretrain.fingerprint()])[:12]
-    baseline = unigram_val_loss(shard_set, shard_set.manifest["vocab_size"])
+    baseline = cached_unigram_val_loss(out, shard_set)
     final = out / f"step-{cfg.pretrain.max_steps:06d}"
     if (final / "meta.json").exists():
         meta = json.loads((final / "meta.json").read_text())

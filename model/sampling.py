@@ -15,6 +15,7 @@ import torch
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import ModelConfig
 from model.generate import generate
+from model.hf import tokenizer_folder
 from model.llama import Llama
 
 __all__ = ["CheckpointError", "generate_text", "load_model", "newest_checkpoint"]
@@ -44,9 +45,8 @@ def generate_text(path: str | Path, prompt: str, max_new_tokens: int = 64, tempe
 
     from tasks.bpe import EOT
 
-    model, meta = load_model(path)
-    manifest = json.loads(Path(meta["train"]["manifest"]).read_text())
-    tokenizer = Tokenizer.from_file(manifest["tokenizer"])
+    model, _ = load_model(path)
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder(path) / "tokenizer.json"))  # trained with it, or imported
     ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id(EOT)]
     with torch.no_grad():
         [new] = generate(model, [ids], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -28,7 +28,8 @@ def c2m(*args, root, env_extra=None, timeout=600):
 
 # a small sample and a tiny model keep the test short; the defaults take minutes
 SMALL = ("sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", "pretrain.preset=tiny", "pretrain.max_steps=4",
-         "pretrain.eval_every=2", "pretrain.micro_batch=4", "pretrain.tokens_per_step=512")
+         "pretrain.eval_every=2", "pretrain.micro_batch=4", "pretrain.tokens_per_step=512",
+         "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]", "export.eval_windows=4", "export.gen_tokens=8")
 
 
 def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_server):
@@ -40,6 +41,8 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert "dedup snap-" in first.stdout and "pii snap-" in first.stdout  # the default runs every stage built
     assert "tokenizer snap-" in first.stdout and "manifest.json" in first.stdout
     assert "pretrain: trained to step 4" in first.stdout and "crawl2model generate" in first.stdout
+    assert "export" in first.stdout and "| gguf-q8_0 |" in first.stdout and "| torch-int8 |" in first.stdout
+    assert "ollama create" in first.stdout
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()
     robots = con.execute("select url from rejections where reason = 'robots-disallowed'").fetchall()
@@ -54,7 +57,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     again = c2m("run", *SMALL, root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing new") == 5  # curate, dedup, pii, tokenizer and pretrain
+    assert again.stdout.count("nothing new") == 6  # curate, dedup, pii, tokenizer, pretrain and export
 
     funnel = c2m("warehouse", "funnel", root=root)
     assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
@@ -68,6 +71,11 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert cluster.returncode == 0 and some_doc in cluster.stdout and "kept" in cluster.stdout
     generated = c2m("generate", "The ", "--max-new-tokens", "5", root=root)
     assert generated.returncode == 0 and generated.stdout.startswith("The "), generated.stderr[-2000:]
+    exported = c2m("export", "--format", "gguf,torch", "--quant", "q4_0,int4", "export.eval_windows=2",
+                   "export.gen_tokens=4", root=root)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in exported.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["torch-fp32", "torch-int4", "gguf-q4_0"], exported.stdout  # rows[0] is the header
     show = c2m("tokenizer", "show", "The quick brown fox", root=root)
     assert show.returncode == 0 and "bytes/token" in show.stdout and "'The'" in show.stdout, show.stdout
 
@@ -82,6 +90,9 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     (["warehouse", "funnel"], "no warehouse"),
     (["tokenizer", "show", "hi"], "no tokenizer yet"),
     (["tokenizer", "encode"], "no warehouse"),
+    (["export", "--checkpoint", "/no/such/step-000001"], "not a checkpoint folder"),
+    (["export", "--quant", "q9_9"], "export.gguf_quants"),
+    (["export"], "no checkpoint"),
 ])
 def test_user_errors_are_clear_and_early(tmp_path, args, message):
     result = c2m(*args, root=tmp_path / "root", timeout=120)
