@@ -232,11 +232,15 @@ class PretrainConfig(Section):
                                                                  "checkpoint_every", "sample_prompts"}))
 
 
+# model.to_gguf.GGUF_TYPES (written by the gguf package) + K_QUANTS (llama.cpp's quantizer); a test keeps them equal
+GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+                   "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"]
+
+
 class ExportConfig(Section):
     """Export and quantization (flows/export.py): which variants to write and how to measure them."""
     formats: list[Literal["hf", "gguf", "torch"]] = Field(default_factory=lambda: ["hf", "gguf", "torch"])
-    gguf_quants: list[Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m",
-                              "q5_k_m", "q6_k"]] = Field(
+    gguf_quants: list[GGUFType] = Field(
         default_factory=lambda: ["f16", "q8_0", "q4_0", "q4_k_m"],
         description="GGUF types; k-quants (q*_k*) need llama.cpp: pip install 'crawl2model[gguf]'")
     torch_quants: list[Literal["int8", "int4"]] = Field(default_factory=lambda: ["int8", "int4"])

@@ -412,9 +412,6 @@ def export(
 ) -> None:
     """Export a checkpoint (Hugging Face folder, GGUF files with Ollama Modelfiles, torch int8/int4) and
     print each variant's size, bits per weight, val perplexity and generation speed."""
-    from flows.export import run_export
-    from model.sampling import CheckpointError, newest_checkpoint
-
     extra = list(overrides or [])
     if format:
         extra.append(f"export.formats=[{format}]")
@@ -423,7 +420,10 @@ def export(
         torch_quants = [q for q in quants if q in ("int8", "int4")]
         extra += [f"export.gguf_quants=[{','.join(q for q in quants if q not in torch_quants)}]",
                   f"export.torch_quants=[{','.join(torch_quants)}]"]
-    cfg = _config(ctx, extra)
+    cfg = _config(ctx, extra)  # before importing Prefect (crawl2model.runtime prepares its environment)
+    from flows.export import run_export
+    from model.sampling import CheckpointError, newest_checkpoint
+
     try:
         checkpoint = checkpoint or newest_checkpoint(cfg.data_root)
     except FileNotFoundError as exc:
@@ -431,6 +431,25 @@ def export(
     if not (checkpoint / "meta.json").exists():
         fail(f"{checkpoint} is not a checkpoint folder (no meta.json): give a step-NNNNNN folder under checkpoints/")
     _print_export(_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError), run_export, cfg, checkpoint))
+
+
+@app.command("import-hf")
+def import_hf_command(
+    ctx: typer.Context,
+    folder: Path = typer.Argument(..., help="A Hugging Face LlamaForCausalLM folder (config.json, model.safetensors)."),
+) -> None:
+    """Import a Hugging Face Llama folder as a crawl2model checkpoint (then `generate` or `export` it)."""
+    from model.hf import HFExportError, import_hf
+    from model.sampling import CheckpointError
+
+    cfg = _config(ctx, [])
+    target = cfg.data_root / "checkpoints" / f"imported-{folder.resolve().name}" / "step-000000"
+    try:
+        path = import_hf(folder, target)
+    except (HFExportError, CheckpointError, FileNotFoundError) as exc:
+        fail(str(exc))
+    out.print(f"[bold green]imported[/] {folder} -> {path}")
+    out.print(f'  crawl2model generate --checkpoint {path} "The "   |   crawl2model export --checkpoint {path}')
 
 
 def _print_export(summary) -> None:

@@ -76,6 +76,13 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert exported.returncode == 0, exported.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in exported.stdout.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["torch-fp32", "torch-int4", "gguf-q4_0"], exported.stdout  # rows[0] is the header
+    trained = next((root / "checkpoints").glob("*/step-000004"))
+    imported = c2m("import-hf", str(next((root / "exports").glob("*/hf"))), root=root)  # the export, back in
+    assert imported.returncode == 0 and "imported" in imported.stdout, imported.stderr[-2000:]
+    greedy = ("generate", "The ", "--max-new-tokens", "5", "--temperature", "0", "--checkpoint")
+    from_import = c2m(*greedy, str(root / "checkpoints" / "imported-hf" / "step-000000"), root=root)
+    from_training = c2m(*greedy, str(trained), root=root)
+    assert from_import.returncode == 0 and from_import.stdout == from_training.stdout, from_import.stderr[-2000:]
     show = c2m("tokenizer", "show", "The quick brown fox", root=root)
     assert show.returncode == 0 and "bytes/token" in show.stdout and "'The'" in show.stdout, show.stdout
 

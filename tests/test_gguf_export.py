@@ -252,3 +252,12 @@ def test_llama_cpp_runs_every_type(llamacpp, export, checkpoint, sample_ids, qua
 @pytest.mark.llamacpp
 def test_generation_speed_is_measured(llamacpp, export, sample_ids):
     assert llamacpp.generation_speed(export("q8_0"), sample_ids[:8], 16, n_threads=1) > 0
+
+
+def test_config_accepts_exactly_the_types_export_writes():
+    from typing import get_args
+
+    from crawl2model.config import GGUFType
+    from model.to_gguf import K_QUANTS
+
+    assert set(get_args(GGUFType)) == set(GGUF_TYPES) | set(K_QUANTS)
