@@ -8,7 +8,8 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 # llama.cpp's Python binding (the `gguf` extra): k-quants and running the GGUF exports. It builds
-# from source (~7 min on 2 cores), once, into $(VENV)/wheels. LLAMACPP=0 goes without it.
+# from source (~7 min on 2 cores), once, into $(VENV)/wheels; `make install`/`make demo` do it.
+# LLAMACPP=0 goes without it (no k-quants, GGUF variants written but not scored).
 LLAMACPP ?= 1
 LLAMACPP_SPEC := llama-cpp-python>=0.3.16
 LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
@@ -35,19 +36,14 @@ install: $(VENV)/.installed $(if $(filter 1,$(LLAMACPP)),$(VENV)/.llamacpp)
 demo: install
 	$(VENV)/bin/crawl2model run
 
-# llama.cpp builds in the background while the tests that do not need it run (it is installed
-# only after they finish, so none of them sees a half-installed package); then the `llamacpp`
-# group runs. pytest exits 5 when it collects no test; that is not a failure of the code.
-test: $(VENV)/.installed
-	@if [ "$(LLAMACPP)" = 1 ]; then $(MAKE) -s $(VENV)/wheels/.built > $(VENV)/llamacpp-build.log 2>&1 & fi; \
-	build=$$!; \
-	$(PY) -m pytest -m "not llamacpp" $(PYTEST_ARGS); first=$$?; [ $$first -eq 5 ] && first=0; \
-	if [ "$(LLAMACPP)" = 1 ]; then \
-	  echo "waiting for the llama.cpp build ($(VENV)/llamacpp-build.log)"; \
-	  wait $$build && $(MAKE) -s $(VENV)/.llamacpp || { tail -30 $(VENV)/llamacpp-build.log; exit 1; }; \
-	fi; \
-	$(PY) -m pytest -m llamacpp $(PYTEST_ARGS); second=$$?; [ $$second -eq 5 ] && second=0; \
-	exit $$(( first || second ))
+# The tests that run GGUF files in llama.cpp (marker `llamacpp`) skip, saying why, when
+# llama-cpp-python is not installed: building it takes 7-13 min here, which would push a fresh
+# machine's test run past 20 min. `make test LLAMACPP_TEST=1` builds it first and runs them all
+# (so does any `make test` after `make demo` / `make install`).
+# pytest exits 5 when it collects no test; that is not a failure of the code.
+LLAMACPP_TEST ?= 0
+test: $(VENV)/.installed $(if $(filter 1,$(LLAMACPP_TEST)),$(VENV)/.llamacpp)
+	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 clean-data:
 	rm -rf c2m-data

@@ -204,7 +204,7 @@ def test_modelfile_template_renders_like_render_chat(export):
 
 @pytest.fixture(scope="module")
 def llamacpp():
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'crawl2model[gguf]')")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed: make test LLAMACPP_TEST=1 (or pip install 'crawl2model[gguf]')")
     from model import llamacpp
 
     return llamacpp
