@@ -232,6 +232,53 @@ class PretrainConfig(Section):
                                                                  "checkpoint_every", "sample_prompts"}))
 
 
+class TuneConfig(Section):
+    """What SFT and DPO share (model.posttrain.PosttrainConfig; fields not set here keep its defaults)."""
+    data: Path | None = Field(None, description="JSONL/JSONL.gz/Parquet rows; default: made from the corpus")
+    max_steps: int = Field(60, ge=1)
+    micro_batch: int = Field(8, ge=1, description="sequences (SFT) or pairs (DPO) per step")
+    grad_accumulation: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0, description="default: SFT 3e-4, DPO 1e-5; with LoRA 2e-3, 1e-4")
+    warmup_steps: int = Field(5, ge=0)
+    seq_len: int | None = Field(None, ge=8, description="default: the base model's context length")
+    held_out_fraction: float = Field(0.1, ge=0, lt=1, description="examples held out for eval metrics")
+    lora_rank: int = Field(0, ge=0, description="0: tune all weights; else LoRA adapters of this rank (peft)")
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"],
+                                    description="model.llama Linear names that get adapters")
+    eval_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    eval_batches: int = Field(10, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ['Write the opening of an article titled "Reading a CSV file".',
+                                 "What is this website about?", "Continue this passage:\nThe function returns"],
+        description="user turns answered before and after tuning")
+
+    def fingerprint(self) -> str:
+        return stable_hash([type(self).__name__, self.model_dump(mode="json", exclude={
+            "data", "device", "eval_every", "eval_batches", "checkpoint_every", "sample_prompts"})])
+
+
+class SftConfig(TuneConfig):
+    """Supervised fine-tuning (flows/posttrain.py): loss on assistant tokens only."""
+    pack: bool = Field(False, description="several examples per row")
+    max_examples: int = Field(4000, ge=1, description="corpus-made pairs, at most (when no data is given)")
+
+
+class DpoConfig(TuneConfig):
+    """DPO preference tuning of the SFT model against itself frozen (flows/posttrain.py)."""
+    max_steps: int = Field(30, ge=1)
+    micro_batch: int = Field(4, ge=1)
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO (sigmoid only)")
+    self_play_pairs: int = Field(128, ge=1, description="pairs made from held-out documents (when no data is given)")
+    self_play_tokens: int = Field(48, ge=4, description="tokens the SFT model samples for each rejected side")
+
+
 # model.to_gguf.GGUF_TYPES (written by the gguf package) + K_QUANTS (llama.cpp's quantizer); a test keeps them equal
 GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
                    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"]
@@ -270,6 +317,8 @@ class Config(Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
@@ -293,7 +342,11 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} is not of the form key=value (e.g. curate.workers=2)")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem}); quote it, "
+                          f"e.g. {key.strip()}='[\"a, b?\"]'") from None
 
 
 def load_config(

@@ -6,6 +6,8 @@
     crawl2model dedup | scrub                         # re-run one stage on the newest snapshot
     crawl2model tokenizer train | encode | show "some text"
     crawl2model train [--preset small] | generate "prompt"
+    crawl2model sft [--data chat.jsonl] | dpo [--data prefs.jsonl]   # tune; default data from the corpus
+    crawl2model export [--format hf,gguf,torch] [--quant q8_0,q4_k_m,int4] | import-hf FOLDER
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -103,6 +105,9 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
         _print_tokenizer(result.tokenizer)
     if result.pretrain:
         _print_pretrain(result.pretrain)
+    for summary in (result.sft, result.dpo):
+        if summary:
+            _print_tune(summary)
     if result.export:
         _print_export(result.export)
     with _open_warehouse(cfg) as wh:
@@ -397,6 +402,65 @@ def generate(
     except (CheckpointError, FileNotFoundError) as exc:
         fail(str(exc))
     out.print(prompt + text, highlight=False)
+
+
+def _tune(ctx: typer.Context, stage: str, overrides: list[str], base: Path | None, data: Path | None) -> None:
+    if data is not None and not data.is_file():
+        fail(f"--data {data}: no such file")
+    if base is not None and not (base / "meta.json").exists():
+        fail(f"--base {base} is not a checkpoint folder (no meta.json): give a step-NNNNNN folder under checkpoints/")
+    cfg = _config(ctx, overrides + ([f"{stage}.data={data.resolve()}"] if data else []))
+    from flows.posttrain import newest_of_stage, run_dpo, run_sft
+    from model.sampling import CheckpointError
+    from warehouse import WarehouseError
+
+    try:
+        base = base or newest_of_stage(cfg.data_root, "pretrain" if stage == "sft" else "sft")
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    runner = run_sft if stage == "sft" else run_dpo
+    _print_tune(_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError, WarehouseError), runner, cfg, base))
+
+
+@app.command()
+def sft(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (sft.*)."),
+    base: Optional[Path] = typer.Option(None, help="Checkpoint to tune (default: the newest pretraining checkpoint)."),
+    data: Optional[Path] = typer.Option(None, help='JSONL/Parquet of {"messages": [...]} or {"prompt", "response"} '
+                                                   "rows (default: pairs made from the corpus)."),
+) -> None:
+    """Supervised fine-tuning into a chat model: loss on assistant tokens, full or LoRA (sft.lora_rank=8)."""
+    _tune(ctx, "sft", overrides or [], base, data)
+
+
+@app.command()
+def dpo(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (dpo.*)."),
+    base: Optional[Path] = typer.Option(None, help="Checkpoint to tune (default: the newest SFT checkpoint)."),
+    data: Optional[Path] = typer.Option(None, help='JSONL/Parquet of {"prompt", "chosen", "rejected"} or HH '
+                                                   '{"chosen", "rejected"} rows (default: self-play pairs).'),
+) -> None:
+    """DPO preference tuning against the base frozen: TRL's reward metrics on held-out pairs, val perplexity."""
+    _tune(ctx, "dpo", overrides or [], base, data)
+
+
+def _print_tune(s) -> None:
+    c, b, a = s.counts, s.before, s.after
+    what = "nothing new" if s.no_op else f"tuned in {s.seconds:.0f}s"
+    out.print(f"[bold green]{s.stage}[/]: {what}; {c.get('examples', 0):,} examples from {s.data} "
+              f"({c.get('train', 0):,} train, {c.get('held_out', 0):,} held out, {c.get('quarantined', 0):,} quarantined"
+              f"{' ' + str(c['reasons']) if c.get('reasons') else ''})", highlight=False, soft_wrap=True)
+    keys = ["sft/eval_loss"] if s.stage == "sft" else ["eval/loss", "eval/rewards/accuracies", "eval/rewards/margins"]
+    moves = [f"{k} {b[k]:.3f} -> {a[k]:.3f}" for k in keys + ["val/ppl"] if k in b and k in a]
+    if moves:
+        out.print("  " + "; ".join(moves) + "   (held out; val/ppl on the pretraining val shards)", highlight=False,
+                  soft_wrap=True)
+    for sample in s.samples:
+        out.print(f"  {sample['prompt']!r}\n    before: {sample['before'][:120]!r}\n    after:  {sample['after'][:120]!r}",
+                  highlight=False, soft_wrap=True)
+    out.print(f"  checkpoint {s.checkpoint}", highlight=False)
 
 
 GGUF_TYPES_HELP = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1; k-quants q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k"

@@ -25,13 +25,14 @@ from flows.curate import CurateSummary, run_curate
 from flows.dedup import DedupSummary, run_dedup
 from flows.export import ExportSummary, run_export
 from flows.scrub import ScrubSummary, run_scrub
+from flows.posttrain import TuneSummary, run_dpo, run_sft
 from flows.pretrain import PretrainSummary, run_pretrain
 from flows.tokenize_corpus import TokenizerSummary, run_tokenizer
 from flows.tracking import Tracking
 from warehouse import Warehouse
 
 STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
-AVAILABLE = ("curate", "dedup", "pii", "tokenizer", "pretrain", "export")
+AVAILABLE = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "export")
 
 
 class StageNotAvailable(ValueError):
@@ -48,6 +49,8 @@ class PipelineResult:
     pii: list[ScrubSummary] = field(default_factory=list)
     tokenizer: TokenizerSummary | None = None
     pretrain: PretrainSummary | None = None
+    sft: TuneSummary | None = None
+    dpo: TuneSummary | None = None
     export: ExportSummary | None = None
     seconds: float = 0.0
 
@@ -101,8 +104,12 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
                                              show_progress=show_progress)
         if reaches(until, "pretrain"):
             result.pretrain = run_pretrain(cfg, result.tokenizer.manifest, parent_run_id=parent)
-        if reaches(until, "export"):  # sft, dpo, rl and eval come in later versions
-            result.export = run_export(cfg, result.pretrain.checkpoint, parent_run_id=parent)
+        if reaches(until, "sft"):
+            result.sft = run_sft(cfg, result.pretrain.checkpoint, parent_run_id=parent)
+        if reaches(until, "dpo"):
+            result.dpo = run_dpo(cfg, result.sft.checkpoint, parent_run_id=parent)
+        if reaches(until, "export"):  # the tuned model; rl and eval come in later versions
+            result.export = run_export(cfg, result.dpo.checkpoint, parent_run_id=parent)
         result.seconds = time.perf_counter() - started
         tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
         return result

@@ -29,6 +29,8 @@ def c2m(*args, root, env_extra=None, timeout=600):
 # a small sample and a tiny model keep the test short; the defaults take minutes
 SMALL = ("sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", "pretrain.preset=tiny", "pretrain.max_steps=4",
          "pretrain.eval_every=2", "pretrain.micro_batch=4", "pretrain.tokens_per_step=512",
+         "sft.max_steps=3", "sft.max_examples=64", "sft.eval_batches=2", "dpo.max_steps=2", "dpo.self_play_pairs=8",
+         "dpo.self_play_tokens=8", "dpo.eval_batches=2",
          "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]", "export.eval_windows=4", "export.gen_tokens=8")
 
 
@@ -41,6 +43,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert "dedup snap-" in first.stdout and "pii snap-" in first.stdout  # the default runs every stage built
     assert "tokenizer snap-" in first.stdout and "manifest.json" in first.stdout
     assert "pretrain: trained to step 4" in first.stdout and "crawl2model generate" in first.stdout
+    assert "sft: tuned" in first.stdout and "dpo: tuned" in first.stdout and "before:" in first.stdout
     assert "export" in first.stdout and "| gguf-q8_0 |" in first.stdout and "| torch-int8 |" in first.stdout
     assert "ollama create" in first.stdout
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
@@ -57,7 +60,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     again = c2m("run", *SMALL, root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing new") == 6  # curate, dedup, pii, tokenizer, pretrain and export
+    assert again.stdout.count("nothing new") == 8  # curate, dedup, pii, tokenizer, pretrain, sft, dpo and export
 
     funnel = c2m("warehouse", "funnel", root=root)
     assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
@@ -91,7 +94,9 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     (["curate", "/no/such/file.warc.gz"], "does not exist"),
     (["curate", "x.warc.gz", "curate.langauge.min_score=0.5"], "curate.langauge"),
     (["curate", "x.warc.gz", "curate.language.min_score=lots"], "curate.language.min_score"),
-    (["run", "--until", "sft"], "not built yet"),
+    (["run", "--until", "rl"], "not built yet"),
+    (["sft", "--data", "/no/such.jsonl"], "no such file"),
+    (["dpo"], "no sft checkpoint"),
     (["run", "--until", "fly"], "unknown stage"),
     (["--config", "/no/such.yaml", "run"], "does not exist"),
     (["warehouse", "funnel"], "no warehouse"),

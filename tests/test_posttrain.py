@@ -222,7 +222,7 @@ def test_held_out_split_is_by_content_and_config_refuses_unknown_keys():
     assert held_out_split(keys[:2], keys[:2], 0.1)[1]                      # at least one held out
     with pytest.raises(ValueError, match="unknown PosttrainConfig fields"):
         PosttrainConfig.from_dict({"kind": "sft", "base": "b", "out": "o", "data": "d", "learning_rate": 1})
-    assert PosttrainConfig(kind="dpo", base="b", out="o", data="d", lora_rank=8).lr == 5e-4
+    assert PosttrainConfig(kind="dpo", base="b", out="o", data="d", lora_rank=8).lr == 1e-4
 
 
 def test_command_line_prints_json_metric_lines(world, tmp_path, capsys):

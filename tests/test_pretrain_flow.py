@@ -1,10 +1,12 @@
-"""The pretrain and export stages as a user runs them: the pipeline up to `export` (tiny preset, a
-few steps) as real Prefect flow runs, the metrics by step and artifacts in MLflow, re-runs that are
-no-ops, generation from the checkpoint with the tokenizer it was trained with, and the exported
-variants measured and logged (run `quantize`)."""
+"""The pretrain, sft, dpo and export stages as a user runs them: the pipeline up to `export` (tiny
+preset, a few steps) as real Prefect flow runs, the metrics by step and artifacts in MLflow,
+re-runs that are no-ops, generation from the checkpoint with the tokenizer it was trained with,
+tuning data made from disjoint train documents, and the tuned model's exported variants measured
+and logged (run `quantize`)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -14,9 +16,12 @@ from prefect.client.orchestration import get_client
 from crawl2model.config import load_config
 from flows.export import run_export
 from flows.pipeline import run_pipeline
+from flows.posttrain import SELF_PLAY_SHARE, run_dpo, run_sft
 from flows.pretrain import run_pretrain
 from model import llamacpp
 from model.sampling import generate_text, newest_checkpoint
+from tasks.token_shards import is_val
+from tests.conftest import query
 from tests.test_dedup_flow import neardup_docs, write_pages  # at import time: it imports tests.conftest
 
 pytestmark = pytest.mark.slow
@@ -29,6 +34,10 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
                                  "pretrain.preset=tiny", "pretrain.max_steps=12", "pretrain.eval_every=6",
                                  "pretrain.checkpoint_every=6", "pretrain.tokens_per_step=2048",
                                  "pretrain.micro_batch=8", "pretrain.warmup_steps=2",
+                                 "sft.max_steps=4", "sft.eval_every=2", "sft.micro_batch=4", "sft.eval_batches=2",
+                                 "sft.max_examples=48", "sft.sample_prompts=[Hello]", "dpo.sample_prompts=[Hello]", "dpo.max_steps=3",
+                                 "dpo.micro_batch=2", "dpo.eval_batches=2", "dpo.self_play_pairs=12",
+                                 "dpo.self_play_tokens=8",
                                  "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]",
                                  "export.eval_windows=4", "export.gen_tokens=8"], data_root=data_root)
     started = datetime.now(timezone.utc)
@@ -52,14 +61,18 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
         task_runs = [r for r in prefect.read_task_runs() if r.start_time and r.start_time >= started]  # this run's
     for key in ("train_task-", "build_task-", "measure_task-"):
         assert [r.state_type.value for r in task_runs if r.task_key.startswith(key)] == ["COMPLETED"], key
+    tuning = sorted(r.name.rsplit("-", 1)[0] for r in task_runs if r.task_key.split("-")[0] in (
+        "_train", "corpus_sft_data", "self_play_data") and r.state_type.value == "COMPLETED")
+    assert tuning == ["dpo", "self-play", "sft", "sft-data"]  # tuning ran as Prefect tasks too
 
     assert run_pretrain(cfg).no_op
-    assert newest_checkpoint(data_root) == summary.checkpoint
+    assert newest_checkpoint(data_root) == result.dpo.checkpoint  # the last one written
     text = generate_text(summary.checkpoint, "The ", max_new_tokens=8, temperature=0.0)
     assert isinstance(text, str) and text == generate_text(summary.checkpoint, "The ", max_new_tokens=8, temperature=0.0)
 
+    check_tuning(cfg, result, client, data_root)
     export = result.export
-    assert not export.no_op and export.checkpoint == summary.checkpoint
+    assert not export.no_op and export.checkpoint == result.dpo.checkpoint  # the tuned model is exported
     variants = {v["name"]: v for v in export.variants}
     assert list(variants) == ["torch-fp32", "hf", "torch-int8", "gguf-f16", "gguf-q8_0"]
     assert variants["gguf-q8_0"]["size_bytes"] < variants["gguf-f16"]["size_bytes"] < variants["torch-fp32"]["size_bytes"]
@@ -77,3 +90,40 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
     logged = {a.path for folder in ("quantize", "gguf") for a in client.list_artifacts(export.mlflow_run_id, folder)}
     assert {"quantize/table.md", "gguf/model-q8_0.gguf", "gguf/model-q8_0.Modelfile"} <= logged
     assert run_export(cfg).no_op
+
+
+def check_tuning(cfg, result, client, data_root):
+    """sft and dpo after pretrain: corpus-made data from disjoint train documents, metrics by step
+    in nested runs, counts that reconcile, samples before/after, no-op re-runs."""
+    sft, dpo = result.sft, result.dpo
+    assert sft.base == result.pretrain.checkpoint and dpo.base == sft.checkpoint
+    assert sft.checkpoint.name == "step-000004" and dpo.checkpoint.name == "step-000003"
+    for s in (sft, dpo):
+        c = s.counts
+        assert c["rows"] == c["examples"] + c["quarantined"] and c["examples"] == c["train"] + c["held_out"] > 1
+        run = client.get_run(s.mlflow_run_id)
+        assert run.info.run_name == s.stage and run.data.tags["mlflow.parentRunId"] == result.mlflow_run_id
+        assert run.data.metrics[f"{s.stage}/data/examples"] == c["examples"] and "val/ppl" in run.data.metrics
+        assert [a.path for a in client.list_artifacts(s.mlflow_run_id, s.stage)] == \
+            [f"{s.stage}/quarantine.jsonl", f"{s.stage}/samples.md"]
+        assert [x["prompt"] for x in s.samples] == ["Hello"] and s.before["val/loss"] > 0
+    losses = client.get_metric_history(sft.mlflow_run_id, "sft/loss")
+    assert [m.step for m in losses] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(sft.mlflow_run_id, "sft/eval_loss")] == [0, 2, 4]
+    accuracies = client.get_metric_history(dpo.mlflow_run_id, "eval/rewards/accuracies")
+    assert [m.step for m in accuracies] == [0, 3] and accuracies[0].value == 0.0  # policy == reference: all ties
+    assert client.get_metric_history(dpo.mlflow_run_id, "train/loss")[0].value == pytest.approx(0.6931, abs=1e-3)
+
+    # corpus-made data: SFT responses and DPO passages come from train-split documents, never the
+    # same document, and never a val document (the val shards stay unseen)
+    docs = query(data_root, "select doc_id, text from kept_documents")
+    val = [t for d, t in docs if is_val(d, 0.1)]
+    self_play = [t for d, t in docs if not is_val(d, 0.1) and is_val(f"{d}:self-play", SELF_PLAY_SHARE)]
+    sft_rows = [json.loads(line) for line in sft.data.read_text().splitlines()]
+    dpo_rows = [json.loads(line) for line in dpo.data.read_text().splitlines()]
+    assert len(sft_rows) == sft.counts["rows"] and len(dpo_rows) == dpo.counts["rows"]
+    assert not any(r["response"][:60] in t for r in sft_rows for t in val + self_play)
+    passages = [r["prompt"].split("\n", 1)[1][:60] for r in dpo_rows]
+    assert all(any(p in t for t in self_play) for p in passages)
+    assert all(r["chosen"] != r["rejected"] for r in dpo_rows)
+    assert run_sft(cfg, sft.base).no_op and run_dpo(cfg, dpo.base).no_op

@@ -3,7 +3,7 @@ snapshot before it, shard by shard, in load order.
 
     from warehouse.corpus_queries import corpus_shards, shard_texts, corpus_stamp
     for shard in corpus_shards(wh.con, snapshot):
-        rows = shard_texts(wh.con, snapshot, shard)     # [(doc_id, text)], by doc_id
+        rows = shard_texts(wh.con, snapshot, shard)     # [(doc_id, text)], by doc_id (with_title=True: + title)
     stamp = corpus_stamp(wh.con, snapshot)             # changes when any of its snapshots is re-processed
 
 A new snapshot adds only what dedup kept of it, so the corpus of the newest snapshot is the
@@ -23,9 +23,11 @@ def corpus_shards(con: duckdb.DuckDBPyConnection, snapshot: str) -> list[str]:
             WHERE {_CORPUS} GROUP BY d.shard ORDER BY min(l.seq)""", {"snapshot": snapshot}).fetchall()]
 
 
-def shard_texts(con: duckdb.DuckDBPyConnection, snapshot: str, shard: str) -> list[tuple[str, str]]:
+def shard_texts(con: duckdb.DuckDBPyConnection, snapshot: str, shard: str,
+                with_title: bool = False) -> list[tuple[str, str]]:
+    """[(doc_id, text)], or [(doc_id, title, text)] with_title, ordered by doc_id."""
     return con.execute(
-        f"""SELECT d.doc_id, d.text FROM documents d JOIN snapshots s USING (snapshot)
+        f"""SELECT d.doc_id, {'d.title, ' if with_title else ''}d.text FROM documents d JOIN snapshots s USING (snapshot)
             WHERE {_CORPUS} AND d.shard = $shard ORDER BY d.doc_id""",
         {"snapshot": snapshot, "shard": shard}).fetchall()
 

@@ -1,0 +1,288 @@
+"""The post-training stages: `sft` tunes the pretrained model into a chat model, `dpo` then
+preference-tunes the SFT model (model.posttrain does the training; this module finds the data,
+tracks and caches).
+
+    crawl2model sft [--base CKPT] [--data sft.jsonl] [sft.lora_rank=8 ...]
+    crawl2model dpo [--base CKPT] [--data prefs.jsonl] [dpo.beta=0.2 ...]
+    crawl2model run                                 # ... pretrain -> sft -> dpo -> export
+    from flows.posttrain import run_sft, run_dpo    # environment prepared first
+    summary = run_sft(cfg)                          # base: the newest pretraining checkpoint
+
+Data: `sft.data` / `dpo.data` (JSONL, JSONL.gz or Parquet in the formats of model.chat_data), or,
+when none is given, made from the corpus the base was pretrained on: SFT pairs (title -> opening,
+passage -> its continuation; model.chat_data.pairs_from_warehouse_texts) and DPO self-play pairs
+(the real continuation of a passage is `chosen`, the SFT model's own sample `rejected`;
+model.posttrain.self_play_pairs). Both come from the pretraining TRAIN split only (the val shards
+stay unseen, so `val/loss` stays honest), and the two never share a document: SELF_PLAY_SHARE of
+it is kept for self-play. Made data is written to `posttrain/` in the data root, named by content.
+
+Checkpoints go to `checkpoints/<sft|dpo>-<id>/step-NNNNNN/` (id: the base, the data's sha256 and
+the stage config), with `summary.json` written last: a finished stage is a no-op on re-run, a
+killed one resumes from its latest checkpoint. MLflow nested run `sft` or `dpo`: data counts and
+quarantine reasons (`<stage>/data/*`, the quarantined rows as `<stage>/quarantine.jsonl`), the
+metrics by step (SFT: `sft/loss`, `sft/eval_loss`; DPO with TRL's names: `train/rewards/margins`,
+`eval/rewards/accuracies`, ...; both: `val/loss`, `val/ppl` on the pretraining val shards), and
+`<stage>/samples.md`: replies to fixed prompts before and after, side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.context import get_run_context
+
+from crawl2model.config import Config, TuneConfig, stable_hash
+from flows.tracking import Tracking, flatten
+from tasks.bpe import file_sha256
+from tasks.token_shards import is_val
+
+SELF_PLAY_SHARE = 0.2  # of the corpus's train documents: DPO self-play prompts, never SFT pairs
+
+
+@dataclass
+class TuneSummary:
+    stage: str                 # "sft" or "dpo"
+    base: Path
+    checkpoint: Path
+    data: Path
+    no_op: bool
+    counts: dict               # model.posttrain's "data" event: rows, examples, quarantined, reasons, ...
+    before: dict               # metrics at step 0, before any update
+    after: dict                # metrics at the last step
+    samples: list[dict] = field(default_factory=list)  # {"prompt", "before", "after"}
+    seconds: float = 0.0
+    mlflow_run_id: str | None = None
+
+
+def _meta(checkpoint: Path) -> dict:
+    return json.loads((Path(checkpoint) / "meta.json").read_text())
+
+
+def newest_of_stage(root: Path, stage: str) -> Path:
+    """The newest finished checkpoint a stage wrote ("pretrain" checkpoints carry no "kind")."""
+    found = [p for p in (Path(root) / "checkpoints").glob("*/step-*")
+             if (p / "meta.json").exists() and _meta(p).get("kind", "pretrain") == stage]
+    if not found:
+        raise FileNotFoundError(f"no {stage} checkpoint under {Path(root) / 'checkpoints'}: run "
+                                f"`crawl2model {'train' if stage == 'pretrain' else stage}` first, or give --base")
+    return max(found, key=lambda p: (p / "meta.json").stat().st_mtime)
+
+
+def corpus_documents(cfg: Config, base: Path, self_play: bool) -> list[tuple[str, str]]:
+    """(title, text) of the base's pretraining corpus, train split only: the SFT part, or the
+    SELF_PLAY_SHARE kept for self-play."""
+    from warehouse import Warehouse
+    from warehouse.corpus_queries import corpus_shards, shard_texts
+
+    manifest = _meta(base).get("train", {}).get("manifest")
+    snapshot = json.loads(Path(manifest).read_text()).get("snapshot") if manifest and Path(manifest).exists() else None
+    with Warehouse.open(cfg.data_root, read_only=True) as wh:
+        snapshot = snapshot or wh.latest_snapshot()
+        if snapshot is None:
+            raise FileNotFoundError(f"no corpus in {cfg.data_root} to make tuning data from: give the data file")
+        return [(title, text) for shard in corpus_shards(wh.con, snapshot)
+                for doc_id, title, text in shard_texts(wh.con, snapshot, shard, with_title=True)
+                if not is_val(doc_id, cfg.tokenizer.val_fraction) and is_val(f"{doc_id}:self-play", SELF_PLAY_SHARE) == self_play]
+
+
+def _write_jsonl(folder: Path, name: str, rows: list[dict]) -> Path:
+    """Rows as JSONL at folder/name, written under a temporary name and renamed (complete or absent)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+@task(name="sft-data", cache_policy=NONE)
+def corpus_sft_data(cfg: Config, base: Path) -> Path:
+    """SFT rows made from the corpus, as posttrain/sft-corpus-<sha>.jsonl (same corpus, same file)."""
+    from model.chat_data import pairs_from_warehouse_texts
+
+    rows = pairs_from_warehouse_texts(corpus_documents(cfg, base, self_play=False), seed=cfg.sft.seed,
+                                      limit=cfg.sft.max_examples)
+    if not rows:
+        raise ValueError("the corpus has no document long enough to make SFT pairs from: give sft.data")
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
+    path = cfg.data_root / "posttrain" / f"sft-corpus-{digest}.jsonl"
+    get_run_logger().info("sft: %d pairs made from the corpus -> %s", len(rows), path)
+    return path if path.exists() else _write_jsonl(path.parent, path.name, rows)
+
+
+@task(name="self-play", cache_policy=NONE)
+def self_play_data(cfg: Config, base: Path) -> Path:
+    """DPO rows from held-out corpus documents, rejected = the SFT model's samples; made once per
+    (SFT checkpoint, settings) as posttrain/dpo-self-play-<id>.jsonl."""
+    d = cfg.dpo
+    key = stable_hash([str(Path(base).resolve()), d.self_play_pairs, d.self_play_tokens, d.seed,
+                       cfg.tokenizer.val_fraction, SELF_PLAY_SHARE])[:12]
+    path = cfg.data_root / "posttrain" / f"dpo-self-play-{key}.jsonl"
+    if path.exists():
+        return path
+    from tokenizers import Tokenizer
+
+    from model.hf import tokenizer_folder
+    from model.posttrain import self_play_pairs
+    from model.sampling import load_model
+
+    logger = get_run_logger()
+    model, _ = load_model(base)
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder(base) / "tokenizer.json"))
+    texts = [text for _, text in corpus_documents(cfg, base, self_play=True)]
+    started = time.perf_counter()
+    rows = self_play_pairs(model, tokenizer, texts, d.self_play_pairs, max_new_tokens=d.self_play_tokens, seed=d.seed)
+    if not rows:
+        raise ValueError(f"no self-play pair could be made from {len(texts)} held-out documents: give dpo.data")
+    logger.info("dpo: %d self-play pairs from %d held-out documents in %.1fs -> %s", len(rows), len(texts),
+                time.perf_counter() - started, path)
+    return _write_jsonl(path.parent, path.name, rows)
+
+
+class MetricStream:
+    """model.posttrain's log callback: each line to MLflow (metrics by step, params, data counts)
+    and to the Prefect log; keeps what the summary needs."""
+
+    def __init__(self, stage: str, tracking: Tracking, run_id: str, max_steps: int, out: Path):
+        self.stage, self.tracking, self.run_id, self.max_steps = stage, tracking, run_id, max_steps
+        self.before_file = out / "before.json"  # step 0 happens once: a resumed run reads it back
+        self.logger = get_run_logger()
+        self.counts: dict = {}
+        self.quarantine: list[dict] = []
+        self.after: dict = {}
+        self.replies: dict[int, list[str]] = {}  # step -> replies to the sample prompts
+
+    def step_zero(self) -> tuple[dict, list[str]]:
+        """The metrics and replies before any update (of this run, or of the run that was resumed)."""
+        if not self.before_file.exists():
+            return {}, []
+        line = json.loads(self.before_file.read_text())
+        return {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}, line.get("samples", [])
+
+    def __call__(self, line: dict) -> None:
+        event, stage = line.get("event"), self.stage
+        if event == "data":
+            self.quarantine = line.pop("quarantine", [])
+            self.counts = line
+            self.tracking.log_metrics(self.run_id, {
+                **{f"{stage}/data/{k}": line[k] for k in ("rows", "examples", "quarantined", "truncated", "train",
+                                                          "held_out")},
+                **{f"{stage}/data/quarantined/{reason}": n for reason, n in line["reasons"].items()}})
+            self.logger.info("%s data %s: %d rows, %d examples (%d train, %d held out), %d quarantined %s",
+                             stage, line["source"], line["rows"], line["examples"], line["train"], line["held_out"],
+                             line["quarantined"], line["reasons"] or "")
+        elif event == "start":
+            self.tracking.log_params(self.run_id, {k: line[k] for k in ("params", "trainable", "lora", "seq_len", "lr",
+                                                                        "device")})
+            self.logger.info("%s: %s of %s parameters trained on %s", stage, f"{line['trainable']:,}",
+                             f"{line['params']:,}", line["device"])
+        elif event is not None:
+            self.logger.info("%s: %s", stage, line)
+        elif "step" in line:
+            step = line["step"]
+            numbers = {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}
+            self.tracking.log_metrics(self.run_id, numbers, step=step)
+            if step == 0:
+                _write_jsonl(self.before_file.parent, self.before_file.name, [line])
+            self.after = numbers
+            if "samples" in line:
+                self.replies[step] = line["samples"]
+            if step == 0 or step == self.max_steps or step % 10 == 0:
+                shown = {k: round(v, 4) for k, v in numbers.items() if "loss" in k or "accuracies" in k or "margins" in k}
+                self.logger.info("%s step %d/%d: %s", stage, step, self.max_steps, shown)
+
+
+def samples_table(prompts: list[str], before: list[str], after: list[str]) -> str:
+    """Replies before and after tuning, side by side (Markdown)."""
+    cell = lambda text: text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"  # noqa: E731
+    rows = [f"| {cell(p)} | {cell(b)} | {cell(a)} |" for p, b, a in zip(prompts, before, after)]
+    return "\n".join(["| prompt | before | after |", "|---|---|---|", *rows]) + "\n"
+
+
+def posttrain_config(stage: str, tune: TuneConfig, base: Path, data: Path, out: Path):
+    from model.posttrain import PosttrainConfig
+
+    known = {f.name for f in fields(PosttrainConfig)}  # the stage's own keys (data making) stay here
+    values = {k: v for k, v in tune.model_dump(mode="json").items() if k in known}
+    return PosttrainConfig.from_dict({**values, "kind": stage, "base": str(base), "data": str(data), "out": str(out)})
+
+
+def _train(stage: str, settings, stream: MetricStream) -> dict:
+    """Train in this process (model.posttrain), every metric line streamed to MLflow."""
+    from model.posttrain import run_dpo, run_sft
+
+    return (run_sft if stage == "sft" else run_dpo)(settings, log=stream)
+
+
+TRAIN_TASKS = {stage: task(name=stage, cache_policy=NONE)(_train) for stage in ("sft", "dpo")}  # Prefect tasks sft, dpo
+
+
+def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None) -> TuneSummary:
+    logger = get_run_logger()
+    tune: TuneConfig = getattr(cfg, stage)
+    base = Path(base) if base else newest_of_stage(cfg.data_root, "pretrain" if stage == "sft" else "sft")
+    if tune.data is not None:
+        data = Path(tune.data)
+        if not data.is_file():
+            raise FileNotFoundError(f"{stage}.data: {data} is not a file")
+    else:
+        data = (corpus_sft_data if stage == "sft" else self_play_data)(cfg, base)
+    out = cfg.data_root / "checkpoints" / f"{stage}-{stable_hash([str(base.resolve()), file_sha256(data), tune.fingerprint()])[:12]}"
+    done = out / "summary.json"
+    if done.exists():
+        summary = TuneSummary(**{**json.loads(done.read_text()), "no_op": True})
+        for key in ("base", "checkpoint", "data"):
+            setattr(summary, key, Path(getattr(summary, key)))
+        logger.info("%s: nothing new, %s is done", stage, summary.checkpoint)
+        return summary
+
+    tracking = Tracking(cfg.data_root, cfg.experiment)
+    with tracking.run(stage, parent_run_id, tags={"prefect.flow_run_id": str(get_run_context().flow_run.id),
+                                                  "stage": stage, "base": str(base), "data": str(data)}) as run_id:
+        tracking.log_params(run_id, {**flatten(tune.model_dump(mode="json"), f"{stage}."), "base": str(base),
+                                     "data": str(data), "data_sha256": file_sha256(data), "checkpoints": str(out)})
+        stream = MetricStream(stage, tracking, run_id, tune.max_steps, out)
+        started = time.perf_counter()
+        TRAIN_TASKS[stage](stage, posttrain_config(stage, tune, base, data, out), stream)
+        seconds = time.perf_counter() - started
+        prompts = list(tune.sample_prompts)
+        first, before = stream.step_zero()
+        after = stream.replies.get(tune.max_steps, [])
+        summary = TuneSummary(stage, base, out / f"step-{tune.max_steps:06d}", data, False, stream.counts,
+                              first, stream.after,
+                              [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after)],
+                              seconds, run_id)
+        tracking.log_metrics(run_id, {f"{stage}/seconds": seconds})
+        tracking.log_text(run_id, samples_table(prompts, before, after), f"{stage}/samples.md")
+        tracking.log_text(run_id, "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in stream.quarantine),
+                          f"{stage}/quarantine.jsonl")
+        record = {k: str(v) if isinstance(v, Path) else v for k, v in summary.__dict__.items() if k != "no_op"}
+        _write_jsonl(out, done.name, [record])  # last: marks the stage done
+    return summary
+
+
+@flow(name="sft", log_prints=False)
+def sft_flow(cfg: Config, base: Path | None = None, parent_run_id: str | None = None) -> TuneSummary:
+    return _tune(cfg, "sft", base, parent_run_id)
+
+
+@flow(name="dpo", log_prints=False)
+def dpo_flow(cfg: Config, base: Path | None = None, parent_run_id: str | None = None) -> TuneSummary:
+    return _tune(cfg, "dpo", base, parent_run_id)
+
+
+def run_sft(cfg: Config, base: Path | None = None, parent_run_id: str | None = None) -> TuneSummary:
+    """SFT of `base` (default: the newest pretraining checkpoint)."""
+    return sft_flow(cfg, base, parent_run_id)
+
+
+def run_dpo(cfg: Config, base: Path | None = None, parent_run_id: str | None = None) -> TuneSummary:
+    """DPO of `base` (default: the newest SFT checkpoint) against itself frozen."""
+    return dpo_flow(cfg, base, parent_run_id)
