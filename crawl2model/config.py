@@ -125,6 +125,13 @@ class QualityConfig(Section):
     fineweb: FineWebConfig = Field(default_factory=FineWebConfig)
 
 
+class RunnerConfig(Section):
+    """Where the data stages (curate, dedup, pii) run their shard tasks."""
+    kind: Literal["process", "dask"] = Field("process", description="process: Prefect's ProcessPoolTaskRunner; "
+                                                                   "dask: prefect-dask's DaskTaskRunner")
+    dask_address: str | None = Field(None, description="a Dask scheduler (tcp://host:8786); none: a local cluster")
+
+
 class CurateConfig(Section):
     workers: int = Field(0, ge=0, description="worker processes; 0 = one per CPU core")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -300,6 +307,28 @@ class ExportConfig(Section):
         return stable_hash(self.model_dump(mode="json", exclude={"threads"}))
 
 
+class AuditConfig(Section):
+    """Privacy and memorization audits (eval stage)."""
+    canaries: int = Field(0, ge=0, description="synthetic PII canary pages planted in a copy of the input; 0 = off")
+    canary_seed: int = 0
+    regurgitation_prompts: int = Field(32, ge=0, description="train-document prefixes the model continues")
+    prefix_tokens: int = Field(32, ge=4)
+    continuation_tokens: int = Field(50, ge=1, description="verbatim tokens that count as regurgitation")
+
+
+class EvalConfig(Section):
+    """The eval stage: one held-out suite run on the candidate and on the champion alike."""
+    val_windows: int = Field(32, ge=1, description="pretraining val windows, decoded to text (bits per byte)")
+    pref_pairs: int = Field(64, ge=0, description="held-out DPO pairs for reward accuracy")
+
+
+class RegistryConfig(Section):
+    """The MLflow model registry and its promotion gate."""
+    model_name: str = "crawl2model"
+    min_bpb_gain: float = Field(0.0, ge=0, description="champion moves when val bits/byte drops by more than this")
+    max_reward_drop: float = Field(0.05, ge=0, le=1, description="allowed loss of DPO reward accuracy vs the champion")
+
+
 class SampleConfig(Section):
     max_mb: float = Field(8.0, gt=0, description="HTML MiB of the bundled sample site (at most)")
     packages: list[str] = Field(  # all installed with crawl2model; ~6.9 MiB of pages, ~5 MB of prose
@@ -319,7 +348,11 @@ class Config(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     dpo: DpoConfig = Field(default_factory=DpoConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
 

@@ -8,6 +8,7 @@
     crawl2model train [--preset small] | generate "prompt"
     crawl2model sft [--data chat.jsonl] | dpo [--data prefs.jsonl]   # tune; default data from the corpus
     crawl2model export [--format hf,gguf,torch] [--quant q8_0,q4_k_m,int4] | import-hf FOLDER
+    crawl2model models list | show [VERSION] | promote VERSION | generate "prompt" [--alias champion]
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -31,6 +32,7 @@ from rich.table import Table
 
 from crawl2model.config import Config, ConfigError, load_config
 from crawl2model.runtime import prepare_environment
+from flows.models_cli import models_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Turn a web crawl into a trained, aligned, quantized language model.")
@@ -38,6 +40,7 @@ warehouse_app = typer.Typer(no_args_is_help=True, help="Look at the curated ware
 app.add_typer(warehouse_app, name="warehouse")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer, encode token shards, look at a text's tokens.")
 app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(models_app, name="models")
 
 out = Console()
 err = Console(stderr=True)
@@ -108,8 +111,12 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
     for summary in (result.sft, result.dpo):
         if summary:
             _print_tune(summary)
+    if result.eval:
+        _print_eval(result.eval)
     if result.export:
         _print_export(result.export)
+    if result.register:
+        _print_register(result.register)
     with _open_warehouse(cfg) as wh:
         _print_funnel(wh.funnel(s.snapshot))
     out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
@@ -461,6 +468,20 @@ def _print_tune(s) -> None:
         out.print(f"  {sample['prompt']!r}\n    before: {sample['before'][:120]!r}\n    after:  {sample['after'][:120]!r}",
                   highlight=False, soft_wrap=True)
     out.print(f"  checkpoint {s.checkpoint}", highlight=False)
+
+
+def _print_eval(summary) -> None:
+    what = "nothing new; " if summary.no_op else ""
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in summary.metrics.items())
+    out.print(f"[bold green]eval[/]: {what}{shown}   (eval set {summary.eval_set})", highlight=False, soft_wrap=True)
+
+
+def _print_register(s) -> None:
+    what = "nothing new: already" if s.no_op else "registered as"
+    out.print(f"[bold green]register[/]: {what} {s.name} version {s.version}; {s.decision}", highlight=False,
+              soft_wrap=True)
+    out.print(f'  crawl2model models list   |   crawl2model models generate "What is this website about?" --alias champion',
+              highlight=False)
 
 
 GGUF_TYPES_HELP = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1; k-quants q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k"

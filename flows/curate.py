@@ -7,17 +7,17 @@
 Steps: URL lists are crawled into WARC files first (cached per list); files are grouped into
 shards keyed on their bytes and the curation config; the snapshot id hashes those keys, so the
 same inputs and config give the same snapshot and a re-run finds every shard already loaded
-(a no-op). Shards run in worker processes (Prefect's ProcessPoolTaskRunner; Dask on a
-cluster) and are loaded into DuckDB by this process in plan order, one transaction each, so a
-run killed at any point resumes where it stopped with nothing doubled or lost. The funnel goes
-to a Prefect table artifact and, with metrics and samples, to an MLflow run named `curate`.
+(a no-op). Shards run in worker processes (Prefect's ProcessPoolTaskRunner, or prefect-dask's
+DaskTaskRunner with `runner.kind=dask`) and are loaded into DuckDB by this process in plan
+order, one transaction each, so a run killed at any point resumes where it stopped with nothing
+doubled or lost. The funnel goes to a Prefect table artifact and, with metrics and samples, to
+an MLflow run named `curate`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,11 +26,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.context import get_run_context
-from prefect.task_runners import ProcessPoolTaskRunner
 
 from crawl2model.config import Config, stable_hash
 from flows.progress import progress_bar
 from flows.report import funnel_chart, funnel_markdown
+from flows.snapshot_stage import data_stage_runner
 from flows.tracking import Tracking, flatten
 from tasks.crawl import CrawlResult, crawl_url_list
 from tasks.curate_shard import process_shard
@@ -180,6 +180,6 @@ def _report(tracking: Tracking, run_id: str, summary: CurateSummary, funnel: lis
 
 def run_curate(inputs: list[str], cfg: Config, parent_run_id: str | None = None,
                show_progress: bool = True) -> CurateSummary:
-    """The curate flow with a process pool of `curate.workers` processes (0 = one per core)."""
-    runner = ProcessPoolTaskRunner(max_workers=cfg.curate.workers or os.cpu_count() or 1)
+    """The curate flow with `curate.workers` worker processes (0 = one per core; `runner.kind`)."""
+    runner = data_stage_runner(cfg, cfg.curate.workers)
     return curate_flow.with_options(task_runner=runner)(inputs, cfg, parent_run_id, show_progress)

@@ -23,7 +23,7 @@ from prefect.context import get_run_context
 
 from crawl2model.config import Config, DedupConfig
 from flows.report import cluster_size_chart
-from flows.snapshot_stage import minhash_task, run_per_shard, stage_runner, stage_start
+from flows.snapshot_stage import data_stage_runner, minhash_task, run_per_shard, stage_start
 from flows.tracking import Tracking, flatten
 from tasks.dedup import s_curve
 from tasks.dedup_snapshot import deduplicate_snapshot
@@ -106,6 +106,6 @@ def _report(tracking: Tracking, run_id: str, cfg: DedupConfig, result: dict, doc
 
 def run_dedup(cfg: Config, snapshot: str | None = None, parent_run_id: str | None = None,
               show_progress: bool = True, force: bool = False) -> DedupSummary:
-    """The dedup flow with a process pool of `dedup.workers` processes for the signatures."""
-    return dedup_flow.with_options(task_runner=stage_runner(cfg.dedup.workers))(
+    """The dedup flow with `dedup.workers` worker processes (`runner.kind`) for the signatures."""
+    return dedup_flow.with_options(task_runner=data_stage_runner(cfg, cfg.dedup.workers))(
         cfg, snapshot, parent_run_id, show_progress, force)

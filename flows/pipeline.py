@@ -23,16 +23,18 @@ from crawl2model.config import Config
 from crawl2model.runtime import prefect_api
 from flows.curate import CurateSummary, run_curate
 from flows.dedup import DedupSummary, run_dedup
+from flows.evaluate import EvalSummary, run_eval
 from flows.export import ExportSummary, run_export
 from flows.scrub import ScrubSummary, run_scrub
 from flows.posttrain import TuneSummary, run_dpo, run_sft
 from flows.pretrain import PretrainSummary, run_pretrain
+from flows.register import RegisterSummary, run_register
 from flows.tokenize_corpus import TokenizerSummary, run_tokenizer
 from flows.tracking import Tracking
 from warehouse import Warehouse
 
 STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
-AVAILABLE = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "export")
+AVAILABLE = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "eval", "export", "register")
 
 
 class StageNotAvailable(ValueError):
@@ -51,7 +53,9 @@ class PipelineResult:
     pretrain: PretrainSummary | None = None
     sft: TuneSummary | None = None
     dpo: TuneSummary | None = None
+    eval: EvalSummary | None = None
     export: ExportSummary | None = None
+    register: RegisterSummary | None = None
     seconds: float = 0.0
 
 
@@ -108,8 +112,13 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
             result.sft = run_sft(cfg, result.pretrain.checkpoint, parent_run_id=parent)
         if reaches(until, "dpo"):
             result.dpo = run_dpo(cfg, result.sft.checkpoint, parent_run_id=parent)
-        if reaches(until, "export"):  # the tuned model; rl and eval come in later versions
+        if reaches(until, "eval"):  # the tuned model from here on; rl comes in a later version
+            result.eval = run_eval(cfg, result.dpo.checkpoint, parent_run_id=parent)
+        if reaches(until, "export"):
             result.export = run_export(cfg, result.dpo.checkpoint, parent_run_id=parent)
+        if reaches(until, "register"):
+            result.register = run_register(cfg, result.dpo.checkpoint, result.eval.metrics, result.eval.eval_set,
+                                           result.export.out, parent_run_id=parent)
         result.seconds = time.perf_counter() - started
         tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
         return result

@@ -234,7 +234,11 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
             raise FileNotFoundError(f"{stage}.data: {data} is not a file")
     else:
         data = (corpus_sft_data if stage == "sft" else self_play_data)(cfg, base)
-    out = cfg.data_root / "checkpoints" / f"{stage}-{stable_hash([str(base.resolve()), file_sha256(data), tune.fingerprint()])[:12]}"
+    settings = posttrain_config(stage, tune, base, data, Path())
+    # the effective learning rate too: a changed code default must not reuse a folder tuned at the old one
+    key = stable_hash([str(base.resolve()), file_sha256(data), tune.fingerprint(), settings.lr])
+    out = cfg.data_root / "checkpoints" / f"{stage}-{key[:12]}"
+    settings.out = str(out)
     done = out / "summary.json"
     if done.exists():
         summary = TuneSummary(**{**json.loads(done.read_text()), "no_op": True})
@@ -250,7 +254,7 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
                                      "data": str(data), "data_sha256": file_sha256(data), "checkpoints": str(out)})
         stream = MetricStream(stage, tracking, run_id, tune.max_steps, out)
         started = time.perf_counter()
-        TRAIN_TASKS[stage](stage, posttrain_config(stage, tune, base, data, out), stream)
+        TRAIN_TASKS[stage](stage, settings, stream)
         seconds = time.perf_counter() - started
         prompts = list(tune.sample_prompts)
         first, before = stream.step_zero()

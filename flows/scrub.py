@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
 from crawl2model.config import Config
-from flows.snapshot_stage import run_per_shard, scrub_task, stage_runner, stage_start
+from flows.snapshot_stage import data_stage_runner, run_per_shard, scrub_task, stage_start
 from flows.tracking import Tracking, flatten
 from tasks.snapshot_shards import scrub_file
 from warehouse import Warehouse
@@ -85,6 +85,6 @@ def pii_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str | None
 
 def run_scrub(cfg: Config, snapshot: str | None = None, parent_run_id: str | None = None,
               show_progress: bool = True, force: bool = False) -> ScrubSummary:
-    """The pii flow with a process pool of `pii.workers` processes."""
-    return pii_flow.with_options(task_runner=stage_runner(cfg.pii.workers))(
+    """The pii flow with `pii.workers` worker processes (`runner.kind`)."""
+    return pii_flow.with_options(task_runner=data_stage_runner(cfg, cfg.pii.workers))(
         cfg, snapshot, parent_run_id, show_progress, force)

@@ -1,12 +1,12 @@
 """What the snapshot stages (`dedup`, `pii`) share: the ledger check that makes a re-run with
 the same config a no-op, and per-shard work (the Prefect tasks `minhash_task`, `scrub_task`
-around tasks.snapshot_shards) in a process pool.
+around tasks.snapshot_shards) in a process pool or on Dask (`runner.kind`).
 
     with Warehouse.open(root) as wh:
         snapshot, previous = stage_start(wh, snapshot, "dedup", config_hash, force)
         if previous: ...nothing new...
         paths, seconds = run_per_shard(minhash_task, root, shards, cfg.dedup, output_path, "dedup")
-    runner = stage_runner(cfg.dedup.workers)    # for flow.with_options(task_runner=...)
+    runner = data_stage_runner(cfg, cfg.dedup.workers)    # for flow.with_options(task_runner=...)
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from crawl2model.config import DedupConfig, PiiConfig
+from crawl2model.config import Config, DedupConfig, PiiConfig
 from flows.progress import progress_bar
 from tasks.snapshot_shards import scrub_shard, sign_shard
 from warehouse import Warehouse
@@ -36,10 +36,25 @@ def scrub_task(root: Path, shard: str, cfg: PiiConfig) -> Path:
     return scrub_shard(root, shard, cfg)
 
 
-def stage_runner(workers: int) -> ProcessPoolTaskRunner:
-    """A process pool of `workers` processes (0 = one per core). Processes start on the first
-    submitted task, so a stage whose shard files all exist starts none."""
-    return ProcessPoolTaskRunner(max_workers=workers or os.cpu_count() or 1)
+def data_stage_runner(cfg: Config, workers: int) -> TaskRunner:
+    """The task runner of a data stage (curate, dedup, pii), by `runner.kind`:
+
+    process: Prefect's ProcessPoolTaskRunner of `workers` processes (0 = one per core);
+    dask, no `runner.dask_address`: prefect-dask's DaskTaskRunner on a LocalCluster of `workers`
+      worker processes with one thread each, on 127.0.0.1 (its HTTP/dashboard port is a free one);
+    dask with an address: the DaskTaskRunner on that scheduler (tcp://host:8786).
+    Workers start on the first submitted task, so a stage whose shard files all exist starts none.
+    The local workers are spawned by this process and inherit its environment (PREFECT_API_URL,
+    MLflow); remote ones need the same code, the data root at the same path and a reachable API."""
+    n = workers or os.cpu_count() or 1
+    if cfg.runner.kind != "dask":
+        return ProcessPoolTaskRunner(max_workers=n)
+    from prefect_dask import DaskTaskRunner  # imported only when used: it loads distributed
+
+    if cfg.runner.dask_address:
+        return DaskTaskRunner(address=cfg.runner.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
 
 
 def stage_start(wh: Warehouse, snapshot: str | None, stage: str, config_hash: str,

@@ -46,7 +46,9 @@ class Tracking:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment_id = found.experiment_id
-        else:
+        elif self.client.tracking_uri.startswith(("http://", "https://", "databricks")):
+            self.experiment_id = self.client.create_experiment(experiment)  # the server decides where artifacts go
+        else:  # embedded: artifacts inside the data root
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(root))
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:

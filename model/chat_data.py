@@ -311,6 +311,13 @@ def _content_ids(plain: Tokenizer, specials: dict[str, int], text: str) -> list[
     return ids
 
 
+def chat_prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """A user turn and the generation prompt: render_chat([user], add_generation_prompt=True)'s ids,
+    the content through the plain-text encoder."""
+    special = tokenizer.token_to_id
+    return [special(USER), *plain_text_encoder(tokenizer).encode(prompt).ids, special(END_OF_TURN), special(ASSISTANT)]
+
+
 def encode_sft(messages: list[dict], tokenizer: Tokenizer, max_len: int) -> EncodedChat:
     """(ids, loss_mask) of render_chat(messages), cut to max_len tokens from the right
     (`.truncated` says so). The mask is True on assistant content and the <|end_of_turn|> closing

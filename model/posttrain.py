@@ -59,8 +59,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from model.chat_data import (IGNORE, BadRow, _cut, encode_preference, encode_sft, load_preferences,
-                             load_sft, reasons, sft_batches)
+from model.chat_data import (IGNORE, BadRow, _cut, chat_prompt_ids, encode_preference, encode_sft,
+                             load_preferences, load_sft, reasons, sft_batches)
 from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from model.config import from_known_fields
 from model.data import ShardBatches
@@ -72,7 +72,7 @@ from model.lora import (DEFAULT_TARGETS, adapters_disabled, add_lora, load_lora_
                         lora_state_dict, merge_lora, trainable_parameters)
 from model.sampling import load_model
 from model.train import evaluate, learning_rate, make_optimizer
-from tasks.bpe import ASSISTANT, END_OF_TURN, USER, plain_text_encoder
+from tasks.bpe import END_OF_TURN
 
 # Peak learning rates for small models: (kind, LoRA?) -> lr. LoRA's low-rank updates start from
 # zero and need a larger step; DPO moves a model that already answers, so it steps gently (self-play
@@ -154,13 +154,6 @@ def held_out_split(items: list, keys: list[str], fraction: float) -> tuple[list,
         held[int(np.argmin(scores))] = True
         held[int(np.argmax(scores))] = False
     return [x for x, h in zip(items, held) if not h], [x for x, h in zip(items, held) if h]
-
-
-def chat_prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """A user turn and the generation prompt: render_chat([user], add_generation_prompt=True)'s ids,
-    the content through the plain-text encoder (as model.chat_data does)."""
-    special = tokenizer.token_to_id
-    return [special(USER), *plain_text_encoder(tokenizer).encode(prompt).ids, special(END_OF_TURN), special(ASSISTANT)]
 
 
 def reply(model: Llama, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,

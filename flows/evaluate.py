@@ -1,0 +1,151 @@
+"""The eval stage: build the held-out eval set of a tuned checkpoint and score it (model.evaluation).
+
+    crawl2model run --until eval
+    from flows.evaluate import run_eval          # environment prepared first
+    summary = run_eval(cfg, checkpoint)          # default: the newest DPO checkpoint
+
+The eval set (`eval/<id>/eval_set.json`) holds everything the suite needs, so the register
+stage scores the current champion on exactly the same data:
+  texts      `eval.val_windows` windows of the pretraining VAL shards, decoded (bits per byte)
+  pairs      up to `eval.pref_pairs` of the DPO data's held-out pairs (the same split DPO used),
+             with their log-probs under DPO's reference (the SFT model), for reward accuracy
+  documents  `audit.regurgitation_prompts` TRAIN documents (verbatim-continuation audit)
+  canaries   the planted PII canaries (`audit.canaries` > 0), their prefixes and secrets
+Metrics go to the MLflow nested run `eval` (`eval/val_bpb`, `eval/val_loss`,
+`eval/reward_accuracy`, `audit/regurgitation_rate`, `audit/canary_leaks`, and
+`audit/canaries_in_warehouse`: canary secrets the scrubbed warehouse still holds). A re-run on
+the same checkpoint and settings is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.context import get_run_context
+
+from crawl2model.config import Config, stable_hash
+from flows.posttrain import corpus_documents, newest_of_stage
+from flows.tracking import Tracking, flatten
+
+CANARY_FOLDER = "audit/canaries"  # under the data root: the planted pages and canaries.json
+
+
+@dataclass
+class EvalSummary:
+    checkpoint: Path
+    eval_set: Path
+    metrics: dict
+    no_op: bool
+    mlflow_run_id: str | None = None
+
+
+def _meta(checkpoint: Path) -> dict:
+    return json.loads((Path(checkpoint) / "meta.json").read_text())
+
+
+def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
+    """The held-out pairs of the DPO run that made `checkpoint` (its data and held-out fraction),
+    each with "reference": the log-probs of its replies under that run's reference (its base)."""
+    from tokenizers import Tokenizer
+
+    from model.chat_data import load_preferences
+    from model.evaluation import completion_logps
+    from model.hf import tokenizer_folder
+    from model.posttrain import held_out_split
+    from model.sampling import load_model
+
+    meta = _meta(checkpoint)
+    settings = meta.get("posttrain", {})
+    if settings.get("kind") != "dpo" or not Path(settings.get("data", "")).is_file() or not Path(meta["base"]).exists():
+        return []
+    pairs, _ = load_preferences(settings["data"])
+    _, held = held_out_split(pairs, [json.dumps(p, sort_keys=True) for p in pairs], settings["held_out_fraction"])
+    held = held[:limit]
+    reference, _ = load_model(meta["base"])
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder(Path(meta["base"])) / "tokenizer.json"))
+    return [{**p._asdict(), "reference": ref} for p, ref in zip(held, completion_logps(reference, tokenizer, held))]
+
+
+def planted_canaries(cfg: Config) -> list[dict]:
+    path = cfg.data_root / CANARY_FOLDER / "canaries.json"
+    return json.loads(path.read_text()) if cfg.audit.canaries and path.exists() else []
+
+
+@task(name="eval-set", cache_policy=NONE)
+def build_eval_set(cfg: Config, checkpoint: Path, path: Path) -> dict:
+    from tokenizers import Tokenizer
+
+    from model.hf import tokenizer_folder
+    from model.variants import val_windows
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
+    has_corpus = (cfg.data_root / "warehouse.duckdb").exists()  # a model tuned from imported weights may have none
+    documents = [text for _, text in corpus_documents(cfg, checkpoint, self_play=False)] if has_corpus else []
+    eval_set = {"source": str(checkpoint), "texts": [tokenizer.decode(w) for w in val_windows(checkpoint, cfg.eval.val_windows)],
+                "pairs": held_out_pairs(checkpoint, cfg.eval.pref_pairs),
+                "documents": documents[:cfg.audit.regurgitation_prompts],
+                "prefix_tokens": cfg.audit.prefix_tokens, "continuation_tokens": cfg.audit.continuation_tokens,
+                "canaries": [{k: c[k] for k in ("id", "kind", "prefix", "secret")} for c in planted_canaries(cfg)]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(eval_set, ensure_ascii=False))
+    os.replace(tmp, path)
+    get_run_logger().info("eval set: %d texts, %d pairs, %d documents, %d canaries -> %s", len(eval_set["texts"]),
+                          len(eval_set["pairs"]), len(eval_set["documents"]), len(eval_set["canaries"]), path)
+    return eval_set
+
+
+@task(name="score", cache_policy=NONE)
+def score(checkpoint: Path, eval_set: dict) -> dict:
+    from model.evaluation import suite
+
+    return suite(checkpoint, eval_set)
+
+
+def warehouse_canaries(cfg: Config) -> int | None:
+    """How many planted canary secrets the scrubbed warehouse still holds (None: no canaries)."""
+    canaries = planted_canaries(cfg)
+    if not canaries:
+        return None
+    from warehouse import Warehouse
+
+    with Warehouse.open(cfg.data_root, read_only=True) as wh:
+        return sum(bool(wh.con.execute("SELECT count(*) FROM kept_documents WHERE contains(text, ?)",
+                                       [c["secret"]]).fetchone()[0]) for c in canaries)
+
+
+@flow(name="eval", log_prints=False)
+def eval_flow(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> EvalSummary:
+    logger = get_run_logger()
+    checkpoint = Path(checkpoint) if checkpoint else newest_of_stage(cfg.data_root, "dpo")
+    key = stable_hash([str(checkpoint.resolve()), cfg.eval.model_dump(mode="json"), cfg.audit.model_dump(mode="json")])
+    folder = cfg.data_root / "eval" / key[:12]
+    if (folder / "metrics.json").exists():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        logger.info("eval: nothing new, %s was scored: %s", checkpoint, metrics)
+        return EvalSummary(checkpoint, folder / "eval_set.json", metrics, True)
+
+    tracking = Tracking(cfg.data_root, cfg.experiment)
+    with tracking.run("eval", parent_run_id, tags={"prefect.flow_run_id": str(get_run_context().flow_run.id),
+                                                   "stage": "eval", "checkpoint": str(checkpoint)}) as run_id:
+        tracking.log_params(run_id, {**flatten(cfg.eval.model_dump(mode="json"), "eval."),
+                                     **flatten(cfg.audit.model_dump(mode="json"), "audit."), "checkpoint": str(checkpoint)})
+        eval_set = build_eval_set(cfg, checkpoint, folder / "eval_set.json")
+        metrics = score(checkpoint, eval_set)
+        in_warehouse = warehouse_canaries(cfg)
+        if in_warehouse is not None:
+            metrics["audit/canaries_in_warehouse"] = in_warehouse
+        logger.info("eval %s: %s", checkpoint, {k: round(v, 4) for k, v in metrics.items()})
+        tracking.log_metrics(run_id, metrics)
+        tracking.log_files(run_id, [folder / "eval_set.json"], "eval")
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))  # last: marks it done
+    return EvalSummary(checkpoint, folder / "eval_set.json", metrics, False, run_id)
+
+
+def run_eval(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> EvalSummary:
+    return eval_flow(cfg, checkpoint, parent_run_id)

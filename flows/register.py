@@ -1,0 +1,204 @@
+"""The register stage: the tuned model into the MLflow model registry, with lineage tags, alias
+`candidate`, and a promotion gate that moves `champion` only to a better model.
+
+    crawl2model run                               # ... -> eval -> export -> register
+    crawl2model models list | show | promote VERSION | generate "prompt" [--alias champion]
+    from flows.register import run_register       # environment prepared first
+    summary = run_register(cfg, checkpoint, eval_summary, export_summary)
+
+The registered model (`registry.model_name`, default "crawl2model") is a pyfunc (model.serving:
+prompts in, replies out) logged with explicit pip requirements and crawl2model's `model/` and
+`tasks/` code, so `mlflow.pyfunc.load_model("models:/crawl2model@champion")` works in a fresh
+Python. Artifacts: the checkpoint with its tokenizer, the eval set, and the exported files (GGUF
+with Modelfiles, the variant table). Version tags: snapshot, tokenizer_sha256, config_hash,
+code_version, prefect_flow_run_id, checkpoint, checkpoint_sha256, funnel, the eval metrics.
+
+The gate scores the current champion on the candidate's eval set (model.evaluation.suite: the
+same texts, pairs and canaries) and promotes when the candidate leaks no canary, its val bits
+per byte is lower by more than `registry.min_bpb_gain`, and its DPO reward accuracy is not lower
+by more than `registry.max_reward_drop`. With no champion yet the first clean candidate becomes
+it. The decision and both sides' numbers are logged (metrics `gate/*`, tag `gate.decision`).
+A checkpoint registered before (same weights) is not registered again: a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.context import get_run_context
+
+from crawl2model.config import Config
+from flows.tracking import Tracking
+from tasks.bpe import file_sha256
+
+REPO = Path(__file__).resolve().parents[1]
+SERVING_REQUIREMENTS = ("torch", "tokenizers", "safetensors", "numpy", "mlflow")
+
+
+@dataclass
+class RegisterSummary:
+    name: str
+    version: str
+    promoted: bool
+    decision: str
+    candidate: dict = field(default_factory=dict)   # gate metrics of the candidate
+    champion: dict = field(default_factory=dict)    # of the previous champion (empty if none)
+    no_op: bool = False
+    mlflow_run_id: str | None = None
+
+
+def code_version() -> str:
+    """The git commit of the code (+ "-dirty" with uncommitted changes), or the package version."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return version("crawl2model")
+
+
+def lineage(cfg: Config, checkpoint: Path) -> dict[str, str]:
+    """Where the model came from: data snapshot and funnel, tokenizer, config, code."""
+    from crawl2model.config import stable_hash
+    from warehouse import Warehouse
+
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    manifest_path = meta.get("train", {}).get("manifest")
+    manifest = json.loads(Path(manifest_path).read_text()) if manifest_path and Path(manifest_path).exists() else {}
+    tags = {"snapshot": manifest.get("snapshot", ""), "tokenizer_sha256": manifest.get("tokenizer_sha256", ""),
+            "config_hash": stable_hash(cfg.model_dump(mode="json", exclude={"data_root"}))[:16],
+            "code_version": code_version(), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": file_sha256(checkpoint / "model.safetensors")}
+    if tags["snapshot"] and (cfg.data_root / "warehouse.duckdb").exists():
+        with Warehouse.open(cfg.data_root, read_only=True) as wh:
+            tags["funnel"] = json.dumps({r["stage"]: [r["docs_in"], r["docs_out"]] for r in wh.funnel(tags["snapshot"])})
+    return tags
+
+
+def passes_gate(candidate: dict, champion: dict, cfg: Config) -> tuple[bool, str]:
+    """(promote?, why) from the two sides' metrics on the same eval set."""
+    if candidate.get("audit/canary_leaks", 0) > 0:
+        return False, f"candidate leaks {candidate['audit/canary_leaks']:.0f} canaries"
+    if not champion:
+        return True, "no champion yet"
+    gain = champion["eval/val_bpb"] - candidate["eval/val_bpb"]
+    if gain <= cfg.registry.min_bpb_gain:
+        return False, f"val bits/byte {candidate['eval/val_bpb']:.4f} is not better than the champion's {champion['eval/val_bpb']:.4f}"
+    drop = champion.get("eval/reward_accuracy", 0) - candidate.get("eval/reward_accuracy", 0)
+    if drop > cfg.registry.max_reward_drop:
+        return False, f"reward accuracy drops by {drop:.3f} (allowed {cfg.registry.max_reward_drop})"
+    return True, f"val bits/byte {champion['eval/val_bpb']:.4f} -> {candidate['eval/val_bpb']:.4f}"
+
+
+def registered_version(client, name: str, checkpoint_sha: str):
+    found = client.search_model_versions(f"name = '{name}' and tag.checkpoint_sha256 = '{checkpoint_sha}'")
+    return found[0] if found else None
+
+
+@contextmanager
+def quiet_pyfunc():
+    """MLflow warns at every pyfunc log that the model is pickled (by reference here: its code
+    ships in code_paths) and that predict has no type hints (they would drop the params schema)."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@task(name="log-model", cache_policy=NONE)
+def log_model(cfg: Config, run_id: str, checkpoint: Path, eval_set: Path, exports: Path | None) -> str:
+    """Log the pyfunc model and its files in run `run_id`, register it; returns the version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from model.serving import DEFAULT_PARAMS, ChatModel, package_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), quiet_pyfunc():
+        folder = package_checkpoint(checkpoint, Path(tmp) / "checkpoint")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ChatModel(), artifacts={"checkpoint": str(folder), "eval_set": str(eval_set)},
+            signature=infer_signature(["a prompt"], ["a reply"], params=DEFAULT_PARAMS),
+            code_paths=[str(REPO / "model"), str(REPO / "tasks")],
+            pip_requirements=[f"{p}=={version(p)}" for p in SERVING_REQUIREMENTS],
+            registered_model_name=cfg.registry.model_name, await_registration_for=60)
+        if exports is not None:
+            for path in sorted(exports.glob("gguf/*")) + [exports / "table.md"]:
+                if path.is_file():
+                    mlflow.log_artifact(str(path), "exports")
+    return str(info.registered_model_version)
+
+
+@task(name="gate", cache_policy=NONE)
+def score_champion(client, name: str, eval_set: dict) -> tuple[dict, str | None]:
+    """The champion's metrics on the candidate's eval set, and its version (({}, None) if none)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from model.evaluation import suite
+
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{champion.version}", dst_path=tmp)
+        return suite(Path(local) / "artifacts" / "checkpoint", eval_set), champion.version
+
+
+@flow(name="register", log_prints=False)
+def register_flow(cfg: Config, checkpoint: Path, eval_metrics: dict, eval_set: Path, exports: Path | None = None,
+                  parent_run_id: str | None = None) -> RegisterSummary:
+    logger = get_run_logger()
+    name = cfg.registry.model_name
+    tracking = Tracking(cfg.data_root, cfg.experiment)
+    client = tracking.client
+    known = registered_version(client, name, file_sha256(checkpoint / "model.safetensors"))
+    if known is not None:
+        logger.info("register: nothing new, %s is %s version %s", checkpoint, name, known.version)
+        return RegisterSummary(name, known.version, known.tags.get("gate.promoted") == "1",
+                               known.tags.get("gate.decision", ""), no_op=True)
+
+    flow_run_id = str(get_run_context().flow_run.id)
+    with tracking.run("register", parent_run_id, tags={"prefect.flow_run_id": flow_run_id, "stage": "register",
+                                                       "checkpoint": str(checkpoint)}) as run_id:
+        model_version = log_model(cfg, run_id, checkpoint, eval_set, exports)
+        tags = {**lineage(cfg, checkpoint), "prefect_flow_run_id": flow_run_id,
+                **{k: f"{v:.6g}" for k, v in eval_metrics.items()}}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, model_version, key, value)
+        client.set_registered_model_alias(name, "candidate", model_version)
+
+        champion_metrics, champion_version = score_champion(client, name, json.loads(eval_set.read_text()))
+        promoted, decision = passes_gate(eval_metrics, champion_metrics, cfg)
+        if promoted:
+            client.set_registered_model_alias(name, "champion", model_version)
+        verdict = f"{'promoted' if promoted else 'kept champion ' + str(champion_version)}: {decision}"
+        client.set_model_version_tag(name, model_version, "gate.decision", verdict)
+        client.set_model_version_tag(name, model_version, "gate.promoted", "1" if promoted else "0")
+        tracking.log_metrics(run_id, {"gate/promoted": float(promoted),
+                                      **{f"gate/candidate/{k}": v for k, v in eval_metrics.items()},
+                                      **{f"gate/champion/{k}": v for k, v in champion_metrics.items()}})
+        tracking.set_tags(run_id, {"gate.decision": verdict, "model_version": model_version})
+        logger.info("register: %s version %s, %s", name, model_version, verdict)
+    return RegisterSummary(name, model_version, promoted, verdict, eval_metrics, champion_metrics, False, run_id)
+
+
+def run_register(cfg: Config, checkpoint: Path, eval_metrics: dict, eval_set: Path, exports: Path | None = None,
+                 parent_run_id: str | None = None) -> RegisterSummary:
+    return register_flow(cfg, Path(checkpoint), eval_metrics, Path(eval_set), exports, parent_run_id)
