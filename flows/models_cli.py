@@ -121,4 +121,4 @@ def generate(ctx: typer.Context, prompt: str = typer.Argument(..., help="A user 
     with quiet_pyfunc():
         model = mlflow.pyfunc.load_model(f"models:/{name}/{v.version}")
     reply = model.predict([prompt], params={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
-    out.print(reply[0], highlight=False)
+    out.print(reply[0] or "(an empty reply: the model ended its turn at once)", highlight=False)

@@ -26,6 +26,7 @@ from flows.dedup import DedupSummary, run_dedup
 from flows.evaluate import EvalSummary, run_eval
 from flows.export import ExportSummary, run_export
 from flows.scrub import ScrubSummary, run_scrub
+from flows.summary import publish_summary
 from flows.posttrain import TuneSummary, run_dpo, run_sft
 from flows.pretrain import PretrainSummary, run_pretrain
 from flows.register import RegisterSummary, run_register
@@ -57,6 +58,7 @@ class PipelineResult:
     export: ExportSummary | None = None
     register: RegisterSummary | None = None
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def check_until(until: str) -> str:
@@ -91,36 +93,52 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
             from flows.sample import prepare_sample
 
             inputs = [str(prepare_sample(cfg, show_progress=show_progress))]
+        if cfg.audit.canaries:  # planted in a copy of the input: the originals stay as they are
+            from flows.evaluate import CANARY_FOLDER
+            from tasks.canaries import make_canaries, plant_canaries
+
+            inputs = plant_canaries(list(inputs), make_canaries(cfg.audit.canaries, cfg.audit.canary_seed),
+                                    cfg.data_root / CANARY_FOLDER)
         tracking.log_params(parent, {"inputs": inputs, "until": until})
         result = PipelineResult(parent, flow_run_id, list(inputs))
-        result.curate = run_curate(list(inputs), cfg, parent_run_id=parent, show_progress=show_progress)
+
+        def stage(name: str, run, *args, **kwargs):
+            """run(*args) as stage `name`, its wall time added to result.stage_seconds."""
+            begun = time.perf_counter()
+            try:
+                return run(*args, parent_run_id=parent, **kwargs)
+            finally:
+                result.stage_seconds[name] = result.stage_seconds.get(name, 0.0) + time.perf_counter() - begun
+
+        result.curate = stage("curate", run_curate, list(inputs), cfg, show_progress=show_progress)
         # The snapshot stages catch up on every snapshot they have not processed with this config,
         # oldest first (each is deduplicated against the ones before it): a snapshot curated by an
         # earlier `--until curate` run is deduplicated and scrubbed now, not skipped.
         if reaches(until, "dedup"):
-            result.dedup = [run_dedup(cfg, snapshot, parent_run_id=parent, show_progress=show_progress)
+            result.dedup = [stage("dedup", run_dedup, cfg, snapshot, show_progress=show_progress)
                             for snapshot in pending(cfg, "dedup", cfg.dedup.fingerprint(), result.curate.snapshot)]
         if reaches(until, "pii"):
-            result.pii = [run_scrub(cfg, snapshot, parent_run_id=parent, show_progress=show_progress)
+            result.pii = [stage("pii", run_scrub, cfg, snapshot, show_progress=show_progress)
                           for snapshot in pending(cfg, "pii", cfg.pii.fingerprint(), result.curate.snapshot)]
         if reaches(until, "tokenizer"):
-            result.tokenizer = run_tokenizer(cfg, result.curate.snapshot, parent_run_id=parent,
-                                             show_progress=show_progress)
+            result.tokenizer = stage("tokenizer", run_tokenizer, cfg, result.curate.snapshot, show_progress=show_progress)
         if reaches(until, "pretrain"):
-            result.pretrain = run_pretrain(cfg, result.tokenizer.manifest, parent_run_id=parent)
+            result.pretrain = stage("pretrain", run_pretrain, cfg, result.tokenizer.manifest)
         if reaches(until, "sft"):
-            result.sft = run_sft(cfg, result.pretrain.checkpoint, parent_run_id=parent)
+            result.sft = stage("sft", run_sft, cfg, result.pretrain.checkpoint)
         if reaches(until, "dpo"):
-            result.dpo = run_dpo(cfg, result.sft.checkpoint, parent_run_id=parent)
+            result.dpo = stage("dpo", run_dpo, cfg, result.sft.checkpoint)
         if reaches(until, "eval"):  # the tuned model from here on; rl comes in a later version
-            result.eval = run_eval(cfg, result.dpo.checkpoint, parent_run_id=parent)
+            result.eval = stage("eval", run_eval, cfg, result.dpo.checkpoint)
         if reaches(until, "export"):
-            result.export = run_export(cfg, result.dpo.checkpoint, parent_run_id=parent)
+            result.export = stage("export", run_export, cfg, result.dpo.checkpoint)
         if reaches(until, "register"):
-            result.register = run_register(cfg, result.dpo.checkpoint, result.eval.metrics, result.eval.eval_set,
-                                           result.export.out, parent_run_id=parent)
+            result.register = stage("register", run_register, cfg, result.dpo.checkpoint, result.eval.metrics,
+                                    result.eval.eval_set, result.export.out)
         result.seconds = time.perf_counter() - started
-        tracking.log_metrics(parent, {"pipeline/seconds": result.seconds})
+        tracking.log_metrics(parent, {"pipeline/seconds": result.seconds,
+                                      **{f"pipeline/seconds/{k}": v for k, v in result.stage_seconds.items()}})
+        publish_summary(result, cfg, tracking)
         return result
 
 

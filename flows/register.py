@@ -111,14 +111,14 @@ def quiet_pyfunc():
     """MLflow warns at every pyfunc log that the model is pickled (by reference here: its code
     ships in code_paths) and that predict has no type hints (they would drop the params schema)."""
     logger = logging.getLogger("mlflow.pyfunc")
-    level = logger.level
+    level, show = logger.level, warnings.showwarning
     logger.setLevel(logging.ERROR)
+    warnings.showwarning = lambda *args, **kwargs: None  # MLflow resets the filters, so a filter would not do
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            yield
+        yield
     finally:
         logger.setLevel(level)
+        warnings.showwarning = show
 
 
 @task(name="log-model", cache_policy=NONE)

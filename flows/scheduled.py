@@ -97,9 +97,9 @@ def _config(data_root: str | None, overrides: list[str]) -> Config:
 @flow(name="nightly-curate", log_prints=False)
 def nightly_curate(drop_folder: str, data_root: str | None = None, overrides: list[str] = []):
     """Curate, deduplicate and PII-scrub the WARC/HTML files of a drop folder into the warehouse."""
-    if "{{" in drop_folder:  # prefect.yaml's "{{ $C2M_DROP_FOLDER }}" with the variable unset at deploy time
-        raise ValueError(f"drop_folder {drop_folder!r} is an unresolved template: set C2M_DROP_FOLDER when running "
-                         "`prefect deploy`, or give drop_folder when starting the run")
+    if not drop_folder.strip() or "{{" in drop_folder:  # prefect.yaml's "{{ $C2M_DROP_FOLDER }}", unset at deploy time
+        raise ValueError(f"drop_folder is {drop_folder!r}: set C2M_DROP_FOLDER when running `prefect deploy`, "
+                         "or give drop_folder when starting the run")
     cfg = _config(data_root, overrides)
     logger = get_run_logger()
     inputs, ignored = drop_inputs(Path(drop_folder).expanduser())

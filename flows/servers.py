@@ -101,6 +101,17 @@ def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process group has a live member (zombies, which an absent init may never reap, do not count)."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        for stat in proc.glob("[0-9]*/stat"):
+            try:
+                state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError, IndexError):
+                continue
+            if int(pgrp) == pgid and state != "Z":
+                return True
+        return False
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -194,7 +205,7 @@ def serve_uis(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000) -> 
                     if not port_open(port):
                         raise ServerError(f"the {name} server stopped answering on port {port}; see "
                                           f"{Path(root).resolve() / 'logs'}")
-    except KeyboardInterrupt:
-        print("stopping both servers ...", flush=True)
+    except KeyboardInterrupt:  # start_servers has stopped both on the way out
+        print("both servers stopped", flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,7 @@ around tasks.snapshot_shards) in a process pool or on Dask (`runner.kind`).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -49,6 +50,9 @@ def data_stage_runner(cfg: Config, workers: int) -> TaskRunner:
     n = workers or os.cpu_count() or 1
     if cfg.runner.kind != "dask":
         return ProcessPoolTaskRunner(max_workers=n)
+    if "DASK_LOGGING__DISTRIBUTED" not in os.environ:  # distributed logs every start and stop at INFO
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"  # read by the workers, which inherit it
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # and here (scheduler, nannies)
     from prefect_dask import DaskTaskRunner  # imported only when used: it loads distributed
 
     if cfg.runner.dask_address:

@@ -60,7 +60,7 @@ class ChatModel(mlflow.pyfunc.PythonModel):
         self.model, self.meta = load_model(folder)
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
 
-    def predict(self, context, model_input, params=None):  # no type hints: they would drop the params schema
+    def predict(self, context, model_input, params=None):  # no type hints: they would replace the signature with params
         from model.chat_data import chat_prompt_ids
         from model.generate import generate
         from tasks.bpe import END_OF_TURN

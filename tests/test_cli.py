@@ -30,7 +30,7 @@ def c2m(*args, root, env_extra=None, timeout=600):
 SMALL = ("sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", "pretrain.preset=tiny", "pretrain.max_steps=4",
          "pretrain.eval_every=2", "pretrain.micro_batch=4", "pretrain.tokens_per_step=512",
          "sft.max_steps=3", "sft.max_examples=64", "sft.eval_batches=2", "dpo.max_steps=2", "dpo.self_play_pairs=8",
-         "dpo.self_play_tokens=8", "dpo.eval_batches=2",
+         "dpo.self_play_tokens=8", "dpo.eval_batches=2", "eval.val_windows=4", "audit.regurgitation_prompts=4",
          "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]", "export.eval_windows=4", "export.gen_tokens=8")
 
 
@@ -46,6 +46,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert "sft: tuned" in first.stdout and "dpo: tuned" in first.stdout and "before:" in first.stdout
     assert "export" in first.stdout and "| gguf-q8_0 |" in first.stdout and "| torch-int8 |" in first.stdout
     assert "ollama create" in first.stdout
+    assert "eval: eval/val_bpb" in first.stdout and "registered as crawl2model version 1; promoted: no champion yet" in first.stdout
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()
     robots = con.execute("select url from rejections where reason = 'robots-disallowed'").fetchall()
@@ -60,7 +61,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     again = c2m("run", *SMALL, root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing new") == 8  # curate, dedup, pii, tokenizer, pretrain, sft, dpo and export
+    assert again.stdout.count("nothing new") == 10  # curate, dedup, pii, tokenizer, pretrain, sft, dpo, eval, export, register
 
     funnel = c2m("warehouse", "funnel", root=root)
     assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
@@ -86,6 +87,10 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     from_import = c2m(*greedy, str(root / "checkpoints" / "imported-hf" / "step-000000"), root=root)
     from_training = c2m(*greedy, str(trained), root=root)
     assert from_import.returncode == 0 and from_import.stdout == from_training.stdout, from_import.stderr[-2000:]
+    listed = c2m("models", "list", root=root)
+    assert listed.returncode == 0 and "candidate,champion" in listed.stdout.replace(" ", ""), listed.stderr[-2000:]
+    answered = c2m("models", "generate", "Hello?", "--max-new-tokens", "4", root=root)
+    assert answered.returncode == 0 and answered.stdout.strip(), answered.stderr[-2000:]
     show = c2m("tokenizer", "show", "The quick brown fox", root=root)
     assert show.returncode == 0 and "bytes/token" in show.stdout and "'The'" in show.stdout, show.stdout
 
@@ -105,6 +110,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     (["export", "--checkpoint", "/no/such/step-000001"], "not a checkpoint folder"),
     (["export", "--quant", "q9_9"], "export.gguf_quants"),
     (["export"], "no checkpoint"),
+    (["models", "list"], "no registered model"),
 ])
 def test_user_errors_are_clear_and_early(tmp_path, args, message):
     result = c2m(*args, root=tmp_path / "root", timeout=120)
