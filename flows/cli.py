@@ -9,6 +9,7 @@
     crawl2model sft [--data chat.jsonl] | dpo [--data prefs.jsonl]   # tune; default data from the corpus
     crawl2model export [--format hf,gguf,torch] [--quant q8_0,q4_k_m,int4] | import-hf FOLDER
     crawl2model models list | show [VERSION] | promote VERSION | generate "prompt" [--alias champion]
+    crawl2model ui [--prefect-port 4200 --mlflow-port 5000]   # both UIs over the data root; Ctrl-C stops both
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -516,6 +517,22 @@ def export(
     if not (checkpoint / "meta.json").exists():
         fail(f"{checkpoint} is not a checkpoint folder (no meta.json): give a step-NNNNNN folder under checkpoints/")
     _print_export(_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError), run_export, cfg, checkpoint))
+
+
+@app.command()
+def ui(
+    ctx: typer.Context,
+    prefect_port: int = typer.Option(4200, "--prefect-port", help="Port of the Prefect UI and API on 127.0.0.1."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow UI on 127.0.0.1."),
+) -> None:
+    """Prefect and MLflow UIs over the data root (every run made so far); Ctrl-C stops both."""
+    cfg = _config(ctx, [])
+    from flows.servers import ServerError, serve_uis
+
+    try:
+        serve_uis(cfg.data_root, prefect_port, mlflow_port)
+    except ServerError as exc:
+        fail(str(exc), code=1)
 
 
 @app.command("import-hf")
