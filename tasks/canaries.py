@@ -119,8 +119,8 @@ def compact(secret: str) -> str:
 def make_canaries(n: int, seed: int) -> list[Canary]:
     """n canaries, kinds in turn (email, phone, card, ...), the same for the same seed; secrets
     and prefixes unique (a prompt must point at one secret)."""
-    if n > len(KINDS) * len(FIRST) * len(LAST) * 3:
-        raise ValueError(f"at most {len(KINDS) * len(FIRST) * len(LAST) * 3} canaries (names x templates)")
+    if n > (most := len(KINDS) * len(FIRST) * len(LAST) * min(map(len, TEMPLATES.values()))):
+        raise ValueError(f"at most {most} canaries (one prefix each: kinds x names x templates)")
     rng, canaries, seen = random.Random(seed), [], set()
     for i in range(n):
         kind = KINDS[i % len(KINDS)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from stdnum import luhn
@@ -56,17 +55,11 @@ def test_plant_canaries_writes_pages_and_manifest(tmp_path):
         assert f"{c.prefix} {c.secret}." in text.replace("&#x27;", "'")
 
 
-def _run(root: Path, inputs: list[str], monkeypatch, *overrides: str):
-    from flows.pipeline import run_pipeline
-
-    monkeypatch.setenv("C2M_HOME", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    cfg = load_config(overrides=["curate.workers=2", "dedup.workers=2", "pii.workers=2", *overrides], data_root=root)
-    return run_pipeline(inputs, cfg, until="pii", show_progress=False)
-
-
 @pytest.mark.slow
-def test_canaries_survive_curation_and_are_scrubbed(tmp_path, data_root, prefect_server, monkeypatch):
+def test_canaries_survive_curation_and_are_scrubbed(tmp_path, data_root, cfg, prefect_server, monkeypatch):
+    from flows.pipeline import run_pipeline
+    from flows.scrub import run_scrub
+
     real = tmp_path / "real"
     real.mkdir()
     for path in sorted(shared("html", "articles").iterdir())[:3]:
@@ -75,7 +68,7 @@ def test_canaries_survive_curation_and_are_scrubbed(tmp_path, data_root, prefect
     inputs = plant_canaries([str(real)], canaries, tmp_path / "audit")
     assert load_canaries(tmp_path / "audit") == canaries
 
-    _run(data_root, inputs, monkeypatch)
+    run_pipeline(inputs, cfg, until="pii", show_progress=False)  # the default config, 2 workers
     kept = dict(query(data_root, "select regexp_extract(url, '[^/]+$'), text from kept_documents"))
     # every canary page was curated (none dropped, none merged into another) and scrubbed in place
     assert {c.page for c in canaries} <= kept.keys(), query(data_root, "select url, stage, reason from rejections")
@@ -87,7 +80,17 @@ def test_canaries_survive_curation_and_are_scrubbed(tmp_path, data_root, prefect
                                                       "documents.parquet')"))
     assert all(c.secret in curated for c in canaries)
 
-    # a deliberately unscrubbed canary: e-mail scrubbing off, exactly the e-mail canaries leak
+    # a deliberately unscrubbed canary: in a second data root with e-mail scrubbing off, exactly the
+    # e-mail canaries leak. The root starts as a copy of the curated, deduplicated warehouse (paths in
+    # it are relative), so only the pii stage runs again: a whole second pipeline costs ~25 s more.
     other = tmp_path / "unscrubbed"
-    _run(other, inputs, monkeypatch, "pii.types=[ip,phone,card,iban]")
+    other.mkdir()
+    shutil.copy(data_root / "warehouse.duckdb", other)
+    shutil.copytree(data_root / "parquet", other / "parquet")
+    monkeypatch.setenv("C2M_HOME", str(other))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other / 'mlflow.db'}")
+    no_email = load_config(overrides=["curate.workers=2", "pii.types=[ip,phone,card,iban]"], data_root=other)
+    summary = run_scrub(no_email, show_progress=False)
+    assert not summary.no_op and summary.totals["pii_email"] == 0 and summary.totals["pii_card"] >= 2
     assert warehouse_leaks(other, canaries) == [c.id for c in canaries if c.kind == "email"]
+    assert warehouse_leaks(data_root, canaries) == []  # the first root is untouched
