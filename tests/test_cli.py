@@ -7,12 +7,17 @@ reported before any work (exit code 2, naming what is wrong).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import duckdb
 import pytest
+
+from tests.test_dedup_flow import neardup_docs, write_pages  # at import time: it imports tests.conftest
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +98,44 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert answered.returncode == 0 and answered.stdout.strip(), answered.stderr[-2000:]
     show = c2m("tokenizer", "show", "The quick brown fox", root=root)
     assert show.returncode == 0 and "bytes/token" in show.stdout and "'The'" in show.stdout, show.stdout
+
+
+def test_a_run_killed_mid_stage_resumes_to_the_same_result(tmp_path, prefect_server):
+    """SIGKILL the whole `crawl2model run` (its process group) once SFT has checkpointed, run it
+    again: the finished stages are no-ops, SFT resumes, and the result equals an undisturbed run."""
+    # one input folder for both runs (the bundled sample is served on a random port, so its URLs
+    # and with them the doc ids and the train/val split differ from run to run)
+    docs = [d for d in neardup_docs() if "-v" not in d["id"]][:40]
+    pages = write_pages(tmp_path / "pages", {f"nd-{d['id']}": d["text"] for d in docs})
+    args = ("run", "--input", str(pages), *SMALL, "sft.max_steps=6", "sft.checkpoint_every=2", "--until", "sft")
+    env = {"PREFECT_API_URL": prefect_server}
+    straight = c2m(*args, root=tmp_path / "straight", env_extra=env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    root = tmp_path / "killed"
+    full_env = dict(os.environ, C2M_HOME=str(root), COLUMNS="200", **env)
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list(root.glob("checkpoints/sft-*/step-000002")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(root.glob("checkpoints/sft-*/summary.json"))  # killed before SFT finished
+
+    again = c2m(*args, root=root, env_extra=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("nothing new") == 5 and "sft: tuned" in again.stdout  # curate .. pretrain done before
+
+    def result(base):
+        summary = json.loads(next(base.glob("checkpoints/sft-*/summary.json")).read_text())
+        con = duckdb.connect(str(base / "warehouse.duckdb"), read_only=True)
+        counts = con.execute("select count(*), count(distinct text) from kept_documents").fetchone()
+        con.close()
+        return counts, summary["after"]["sft/loss"], summary["after"]["val/loss"]
+
+    assert result(root) == result(tmp_path / "straight")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -39,7 +39,8 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
                                  "dpo.micro_batch=2", "dpo.eval_batches=2", "dpo.self_play_pairs=12",
                                  "dpo.self_play_tokens=8",
                                  "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]",
-                                 "export.eval_windows=4", "export.gen_tokens=8"], data_root=data_root)
+                                 "export.eval_windows=4", "export.gen_tokens=8", "eval.val_windows=4",
+                                 "audit.canaries=3", "audit.regurgitation_prompts=4"], data_root=data_root)
     started = datetime.now(timezone.utc)
     result = run_pipeline([str(pages)], cfg, until="export", show_progress=False)
     summary = result.pretrain
@@ -71,6 +72,7 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
     assert isinstance(text, str) and text == generate_text(summary.checkpoint, "The ", max_new_tokens=8, temperature=0.0)
 
     check_tuning(cfg, result, client, data_root)
+    check_eval(result, client)
     export = result.export
     assert not export.no_op and export.checkpoint == result.dpo.checkpoint  # the tuned model is exported
     variants = {v["name"]: v for v in export.variants}
@@ -127,3 +129,16 @@ def check_tuning(cfg, result, client, data_root):
     assert all(any(p in t for t in self_play) for p in passages)
     assert all(r["chosen"] != r["rejected"] for r in dpo_rows)
     assert run_sft(cfg, sft.base).no_op and run_dpo(cfg, dpo.base).no_op
+
+
+def check_eval(result, client):
+    """The eval stage scored the tuned model; the planted canaries were curated, scrubbed, and probed."""
+    metrics = result.eval.metrics
+    assert result.eval.checkpoint == result.dpo.checkpoint and 0 < metrics["eval/val_bpb"] < 20
+    assert 0 <= metrics["eval/reward_accuracy"] <= 1 and 0 <= metrics["audit/regurgitation_rate"] <= 1
+    assert metrics["audit/canaries_in_warehouse"] == 0 and metrics["audit/canary_leaks"] == 0
+    eval_set = json.loads(result.eval.eval_set.read_text())
+    assert len(eval_set["canaries"]) == 3 and len(eval_set["texts"]) == 4 and len(eval_set["documents"]) == 4
+    assert any("audit/canaries/pages" in i for i in result.inputs)  # planted in a copy, next to the real input
+    logged = client.get_run(result.eval.mlflow_run_id).data.metrics
+    assert logged["audit/canary_leaks"] == 0 and logged["eval/val_bpb"] == pytest.approx(metrics["eval/val_bpb"])
