@@ -107,7 +107,8 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_result(tmp_path, prefect_ser
     # and with them the doc ids and the train/val split differ from run to run)
     docs = [d for d in neardup_docs() if "-v" not in d["id"]][:40]
     pages = write_pages(tmp_path / "pages", {f"nd-{d['id']}": d["text"] for d in docs})
-    args = ("run", "--input", str(pages), *SMALL, "sft.max_steps=6", "sft.checkpoint_every=2", "--until", "sft")
+    args = ("run", "--input", str(pages), *SMALL, "tokenizer.val_fraction=0.25", "sft.max_steps=6", "sft.checkpoint_every=2",
+            "--until", "sft")
     env = {"PREFECT_API_URL": prefect_server}
     straight = c2m(*args, root=tmp_path / "straight", env_extra=env)
     assert straight.returncode == 0, straight.stderr[-3000:]
