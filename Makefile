@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu). For CUDA: TORCH=torch==2.13.0 TORCH_INDEX=
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist): the end-to-end tests mostly wait on one core each.
+PYTEST_ARGS ?= -n 2
 # llama.cpp's Python binding (the `gguf` extra): k-quants and running the GGUF exports. It builds
 # from source (~7 min on 2 cores), once, into $(VENV)/wheels; `make install`/`make demo` do it.
 # LLAMACPP=0 goes without it (no k-quants, GGUF variants written but not scored).
