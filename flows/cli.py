@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -481,7 +480,7 @@ def _print_register(s) -> None:
     what = "nothing new: already" if s.no_op else "registered as"
     out.print(f"[bold green]register[/]: {what} {s.name} version {s.version}; {s.decision}", highlight=False,
               soft_wrap=True)
-    out.print(f'  crawl2model models list   |   crawl2model models generate "What is this website about?" --alias champion',
+    out.print('  crawl2model models list   |   crawl2model models generate "What is this website about?" --alias champion',
               highlight=False)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,9 +170,7 @@ def _report(tracking: Tracking, run_id: str, summary: CurateSummary, funnel: lis
                           description=f"Curation funnel of snapshot {summary.snapshot}\n\n" + funnel_markdown(funnel))
     tracking.log_text(run_id, json.dumps(table, indent=1), "funnel/funnel.json")
     tracking.log_text(run_id, funnel_markdown(funnel, reasons), "funnel/funnel.md")
-    png = funnel_chart(funnel, title=f"curation funnel, {summary.snapshot}")
-    tracking.log_files(run_id, [png], "funnel")
-    shutil.rmtree(png.parent, ignore_errors=True)
+    tracking.log_figure(run_id, funnel_chart(funnel, title=f"curation funnel, {summary.snapshot}"), "funnel/funnel.png")
     tracking.log_text(run_id, "\n".join(json.dumps(r, default=str) for r in kept), "samples/kept.jsonl")
     tracking.log_text(run_id, "\n".join(json.dumps(r, default=str) for r in rejected), "samples/rejected.jsonl")
 

@@ -93,9 +93,8 @@ def _report(tracking: Tracking, run_id: str, cfg: DedupConfig, result: dict, doc
     tracking.log_text(run_id, json.dumps(result, indent=1), "dedup/result.json")
     tracking.log_text(run_id, s_curve_markdown(cfg), "dedup/s_curve.md")
     tracking.log_text(run_id, "\n".join(json.dumps(r, default=str) for r in near), "dedup/near_duplicates.jsonl")
-    png = cluster_size_chart(result["cluster_sizes"], title=f"dedup clusters, {result['snapshot']}")
-    tracking.log_files(run_id, [png], "dedup")
-    png.unlink()
+    tracking.log_figure(run_id, cluster_size_chart(result["cluster_sizes"], title=f"dedup clusters, {result['snapshot']}"),
+                        "dedup/cluster_sizes.png")
     create_markdown_artifact(
         key="dedup", description=f"Dedup of {result['snapshot']}",
         markdown=(f"**{result['docs_in']}** documents in, **{result['exact_duplicates']}** exact and "

@@ -94,7 +94,8 @@ def _command(settings: dict, nproc: int) -> list[str]:
     return [sys.executable, *train]
 
 
-def loss_curve(history: list[dict], baseline: float) -> Path:
+def loss_curve(history: list[dict], baseline: float):
+    """Train and val loss per step against the unigram baseline (a matplotlib figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,10 +111,7 @@ def loss_curve(history: list[dict], baseline: float) -> Path:
     ax.set_ylabel("cross-entropy (nats)")
     ax.legend()
     fig.tight_layout()
-    path = Path(tempfile.mkdtemp(prefix="c2m-")) / "loss_curve.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 @task(name="train", cache_policy=NONE)
@@ -193,9 +191,7 @@ def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str 
         last = history[-1] if history else {}
         tracking.log_metrics(run_id, {"pretrain/seconds": seconds, "pretrain/val_loss_vs_unigram":
                                       last.get("val/loss", math.nan) - baseline})
-        png = loss_curve(history, baseline)
-        tracking.log_files(run_id, [png], "pretrain")
-        png.unlink()
+        tracking.log_figure(run_id, loss_curve(history, baseline), "pretrain/loss_curve.png")
         tracking.log_text(run_id, "\n".join(samples) + "\n", "pretrain/samples.txt")
         tracking.log_files(run_id, [final / "model.safetensors", final / "meta.json"], "checkpoint")
     return PretrainSummary(final, False, history[-1] if history else {}, baseline, run_id)

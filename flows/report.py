@@ -1,14 +1,11 @@
 """Charts and tables for MLflow and Prefect: the funnel (Markdown, PNG) and dedup cluster sizes.
 
     md = funnel_markdown(wh.funnel(), wh.rejection_counts())
-    png_path = funnel_chart(wh.funnel(), title="snapshot ...")
-    png_path = cluster_size_chart({2: 10, 3: 1}, title="dedup clusters")
+    figure = funnel_chart(wh.funnel(), title="snapshot ...")        # a matplotlib figure
+    figure = cluster_size_chart({2: 10, 3: 1}, title="dedup clusters")
 """
 
 from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 
 def funnel_markdown(funnel: list[dict], reasons: list[dict] | None = None) -> str:
@@ -22,7 +19,7 @@ def funnel_markdown(funnel: list[dict], reasons: list[dict] | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
-def funnel_chart(funnel: list[dict], title: str) -> Path:
+def funnel_chart(funnel: list[dict], title: str):
     """Horizontal bars per stage: kept, dropped and quarantined documents."""
     import matplotlib
 
@@ -42,13 +39,10 @@ def funnel_chart(funnel: list[dict], title: str) -> Path:
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(tempfile.mkdtemp(prefix="c2m-")) / "funnel.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def cluster_size_chart(sizes: dict, title: str) -> Path:
+def cluster_size_chart(sizes: dict, title: str):
     """Bars: how many dedup clusters have each size (2 or more documents)."""
     import matplotlib
 
@@ -62,7 +56,4 @@ def cluster_size_chart(sizes: dict, title: str) -> Path:
     ax.set_ylabel("clusters")
     ax.set_title(title if counts else f"{title}: no duplicates")
     fig.tight_layout()
-    path = Path(tempfile.mkdtemp(prefix="c2m-")) / "cluster_sizes.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

@@ -89,6 +89,17 @@ class Tracking:
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        """Log a matplotlib figure as a PNG artifact and close it (no file is left behind)."""
+        import matplotlib.pyplot as plt
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            figure.savefig(path, dpi=100)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+        plt.close(figure)
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name

@@ -1,7 +1,6 @@
 """Extraction: charset handling, every bad HTML case, and text quality on real articles."""
 
 import collections
-import gzip
 import json
 import re
 

@@ -1,7 +1,6 @@
 """Ingest: every shared WARC case read or quarantined with its reason, stable shard keys."""
 
 import gzip
-from pathlib import Path
 
 import pytest
 

@@ -5,7 +5,6 @@ resume after losing work, a tokenizer hash that does not match)."""
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pytest
