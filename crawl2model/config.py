@@ -307,6 +307,50 @@ class ExportConfig(Section):
         return stable_hash(self.model_dump(mode="json", exclude={"threads"}))
 
 
+class AssistantConfig(Section):
+    """Who the tuned model says it is (identity conversations mixed into SFT; eval/identity_rate)."""
+    name: str = Field("Crawly", min_length=1)
+    maker: str = Field("the crawl2model project", min_length=1)
+    system_prompt: str | None = Field(None, description="a system turn put before identity conversations and chats")
+    identity_rows: int = Field(300, ge=0, description="identity conversations mixed into SFT; 0 = none")
+
+
+class KnowledgeConfig(Section):
+    """Facts taught in SFT, then "I don't know" taught where a probe finds the SFT model wrong or unsure."""
+    facts: int = Field(240, ge=0, description="synthetic facts about fictional entities (half taught); 0 = off")
+    data: Path | None = Field(None, description='your QA JSONL {"question", "answer", "taught"?} instead of synthetic facts')
+    seed: int = 0
+    probe_samples: int = Field(4, ge=1, description="sampled answers per probe question")
+    probe_temperature: float = Field(0.7, gt=0)
+    second_pass_steps: int = Field(30, ge=0, description="SFT steps on the data plus the refusals; 0 = no probe")
+
+
+class RlConfig(Section):
+    """RL on verifiable rewards (flows/rl.py, model.grpo): GRPO on problems a program can check."""
+    families: list[str] = Field(default_factory=lambda: ["arithmetic", "word_problems"],
+                                description="built-in task families (model.verifiable.FAMILIES)")
+    data: Path | None = Field(None, description='JSONL {"prompt", "answer"} problems instead of the built-in ones')
+    warmup_rows: int = Field(800, ge=0, description="SFT examples of the answer format mixed into SFT; 0 = none")
+    max_steps: int = Field(30, ge=0, description="0 skips the stage (the DPO model goes on)")
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2, description="completions sampled per prompt")
+    max_new_tokens: int = Field(48, ge=4)
+    temperature: float = Field(1.0, gt=0)
+    lr: float = Field(1e-5, gt=0)
+    clip_eps: float = Field(0.2, gt=0)
+    kl_beta: float = Field(0.0, ge=0, description="KL penalty to the DPO model; 0 holds no reference copy")
+    format_reward: float = Field(0.1, ge=0)
+    heldout_problems: int = Field(64, ge=1, description="held-out problems scored during training")
+    eval_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(10, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def fingerprint(self) -> str:
+        return stable_hash(["rl", self.model_dump(mode="json", exclude={"data", "device", "eval_every",
+                                                                        "checkpoint_every", "warmup_rows"})])
+
+
 class AuditConfig(Section):
     """Privacy and memorization audits (eval stage)."""
     canaries: int = Field(0, ge=0, description="synthetic PII canary pages planted in a copy of the input; 0 = off")
@@ -320,13 +364,35 @@ class EvalConfig(Section):
     """The eval stage: one held-out suite run on the candidate and on the champion alike."""
     val_windows: int = Field(32, ge=1, description="pretraining val windows, decoded to text (bits per byte)")
     pref_pairs: int = Field(64, ge=0, description="held-out DPO pairs for reward accuracy")
+    problems: int = Field(100, ge=0, description="held-out verifiable problems (eval/arithmetic_accuracy)")
+    identity_questions: int = Field(40, ge=0, description="held-out identity questions (eval/identity_rate)")
+
+
+class GateRule(Section):
+    """One rule of the promotion gate, on a metric of the eval suite (`eval/...`, `audit/...`)."""
+    metric: str
+    better: Literal["lower", "higher"]
+    min_gain: float | None = Field(None, description="vs the champion: the candidate must be better by more than "
+                                   "this (negative: the largest loss allowed); None: no comparison")
+    limit: float | None = Field(None, description="a bound the candidate must meet whatever the champion "
+                                "(<= for lower-is-better, >= for higher)")
+
+
+def _default_gate() -> list[GateRule]:
+    return [GateRule(metric="audit/canary_leaks", better="lower", limit=0),
+            GateRule(metric="eval/val_bpb", better="lower", min_gain=-0.02),
+            GateRule(metric="eval/reward_accuracy", better="higher", min_gain=-0.05),
+            GateRule(metric="eval/arithmetic_accuracy", better="higher", min_gain=-0.05),
+            GateRule(metric="eval/hallucination_rate", better="lower", min_gain=-0.05),
+            GateRule(metric="eval/identity_rate", better="higher", min_gain=-0.05)]
 
 
 class RegistryConfig(Section):
-    """The MLflow model registry and its promotion gate."""
+    """The MLflow model registry and its promotion gate: `champion` moves to a candidate that meets
+    every rule (a rule whose metric either side lacks is skipped, and says so) and is better than
+    the champion on at least one compared metric."""
     model_name: str = "crawl2model"
-    min_bpb_gain: float = Field(0.0, ge=0, description="champion moves when val bits/byte drops by more than this")
-    max_reward_drop: float = Field(0.05, ge=0, le=1, description="allowed loss of DPO reward accuracy vs the champion")
+    gate: list[GateRule] = Field(default_factory=_default_gate)
 
 
 class SampleConfig(Section):
@@ -348,6 +414,9 @@ class Config(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     dpo: DpoConfig = Field(default_factory=DpoConfig)
+    rl: RlConfig = Field(default_factory=RlConfig)
+    assistant: AssistantConfig = Field(default_factory=AssistantConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -14,10 +14,11 @@ with Modelfiles, the variant table). Version tags: snapshot, tokenizer_sha256, c
 code_version, prefect_flow_run_id, checkpoint, checkpoint_sha256, funnel, the eval metrics.
 
 The gate scores the current champion on the candidate's eval set (model.evaluation.suite: the
-same texts, pairs and canaries) and promotes when the candidate leaks no canary, its val bits
-per byte is lower by more than `registry.min_bpb_gain`, and its DPO reward accuracy is not lower
-by more than `registry.max_reward_drop`. With no champion yet the first clean candidate becomes
-it. The decision and both sides' numbers are logged (metrics `gate/*`, tag `gate.decision`).
+same texts, pairs, problems, facts, identity questions and canaries) and promotes when every rule
+of `registry.gate` holds (defaults: no canary leak; bits per byte, reward accuracy, arithmetic
+accuracy, hallucination and identity rates no worse than the champion's beyond a small
+tolerance) and the candidate is better on at least one of them. With no champion yet the first
+candidate that meets the limits becomes it. The decision and both sides' numbers are logged (metrics `gate/*`, tag `gate.decision`).
 A checkpoint registered before (same weights) is not registered again: a no-op.
 """
 
@@ -86,19 +87,43 @@ def lineage(cfg: Config, checkpoint: Path) -> dict[str, str]:
     return tags
 
 
+def gate_checks(candidate: dict, champion: dict, cfg: Config) -> list[tuple[str, bool | None, str]]:
+    """Each rule of `registry.gate` judged: (metric, passed or None when it cannot be judged, why)."""
+    checks = []
+    for rule in cfg.registry.gate:
+        mine, theirs = candidate.get(rule.metric), champion.get(rule.metric)
+        sign = 1 if rule.better == "higher" else -1
+        if mine is None:
+            checks.append((rule.metric, None, "the candidate has no such metric: skipped"))
+            continue
+        if rule.limit is not None and sign * (mine - rule.limit) < 0:
+            checks.append((rule.metric, False, f"{mine:.4g} is {'below' if sign > 0 else 'above'} the limit {rule.limit:g}"))
+            continue
+        if rule.min_gain is None or theirs is None:
+            note = "" if rule.min_gain is None or not champion else "; the champion has no such metric"
+            checks.append((rule.metric, True, f"{mine:.4g}{' within the limit' if rule.limit is not None else ''}{note}"))
+            continue
+        gain = sign * (mine - theirs)
+        needed = f"needs a gain > {rule.min_gain:g}" if rule.min_gain >= 0 else f"allows a loss of {-rule.min_gain:g}"
+        checks.append((rule.metric, gain > rule.min_gain, f"{theirs:.4g} -> {mine:.4g} ({rule.better} is better, {needed})"))
+    return checks
+
+
 def passes_gate(candidate: dict, champion: dict, cfg: Config) -> tuple[bool, str]:
-    """(promote?, why) from the two sides' metrics on the same eval set."""
-    if candidate.get("audit/canary_leaks", 0) > 0:
-        return False, f"candidate leaks {candidate['audit/canary_leaks']:.0f} canaries"
+    """(promote?, why): every rule of `registry.gate` holds and, when there is a champion, the
+    candidate is better than it on at least one compared metric."""
+    checks = gate_checks(candidate, champion, cfg)
+    failed = [f"{metric}: {why}" for metric, ok, why in checks if ok is False]
+    if failed:
+        return False, "; ".join(failed)
     if not champion:
-        return True, "no champion yet"
-    gain = champion["eval/val_bpb"] - candidate["eval/val_bpb"]
-    if gain <= cfg.registry.min_bpb_gain:
-        return False, f"val bits/byte {candidate['eval/val_bpb']:.4f} is not better than the champion's {champion['eval/val_bpb']:.4f}"
-    drop = champion.get("eval/reward_accuracy", 0) - candidate.get("eval/reward_accuracy", 0)
-    if drop > cfg.registry.max_reward_drop:
-        return False, f"reward accuracy drops by {drop:.3f} (allowed {cfg.registry.max_reward_drop})"
-    return True, f"val bits/byte {champion['eval/val_bpb']:.4f} -> {candidate['eval/val_bpb']:.4f}"
+        return True, "no champion yet; " + "; ".join(f"{m}: {why}" for m, ok, why in checks if ok)
+    sign = {rule.metric: 1 if rule.better == "higher" else -1 for rule in cfg.registry.gate}
+    better = [m for m, ok, _ in checks if ok and m in champion and sign[m] * (candidate[m] - champion[m]) > 0]
+    if not better:
+        return False, "not better than the champion on any metric of the gate: " + "; ".join(
+            f"{m}: {why}" for m, ok, why in checks if ok)
+    return True, "better on " + ", ".join(better) + "; " + "; ".join(f"{m}: {why}" for m, ok, why in checks if ok)
 
 
 def registered_version(client, name: str, checkpoint_sha: str):

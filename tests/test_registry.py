@@ -62,12 +62,25 @@ def tuned(world) -> dict:
     return {"good": good, **copies}
 
 
-def test_gate_refuses_a_candidate_that_leaks_canaries():
+def test_gate_follows_the_configured_rules():
     cfg = load_config()
     better = {"eval/val_bpb": 1.0, "eval/reward_accuracy": 1.0}
-    assert passes_gate({**better, "audit/canary_leaks": 1}, {}, cfg) == (False, "candidate leaks 1 canaries")
+    leaks = passes_gate({**better, "audit/canary_leaks": 1}, {}, cfg)
+    assert not leaks[0] and "audit/canary_leaks" in leaks[1] and "limit 0" in leaks[1]
     assert passes_gate(better, {"eval/val_bpb": 2.0, "eval/reward_accuracy": 1.0}, cfg)[0]
     assert not passes_gate(better, {"eval/val_bpb": 2.0, "eval/reward_accuracy": 1.2}, cfg)[0]  # reward accuracy fell
+    assert not passes_gate(better, better, cfg)[0]  # equal everywhere: not better on anything
+    # A rule the user configures: arithmetic must improve by more than 5 points.
+    strict = load_config(overrides=['registry.gate=[{"metric": "eval/arithmetic_accuracy", "better": "higher", '
+                                    '"min_gain": 0.05}]'])
+    champion = {"eval/arithmetic_accuracy": 0.30}
+    assert not passes_gate({"eval/arithmetic_accuracy": 0.33}, champion, strict)[0]
+    assert passes_gate({"eval/arithmetic_accuracy": 0.40}, champion, strict)[0]
+    # Lower-is-better with a tolerance: a hallucination rate may rise by 0.05, not more.
+    assert passes_gate({"eval/val_bpb": 1.9, "eval/hallucination_rate": 0.24}, {"eval/val_bpb": 2.0,
+                       "eval/hallucination_rate": 0.20}, cfg)[0]
+    assert not passes_gate({"eval/val_bpb": 1.9, "eval/hallucination_rate": 0.30}, {"eval/val_bpb": 2.0,
+                           "eval/hallucination_rate": 0.20}, cfg)[0]
 
 
 def test_register_and_promote_against_a_real_mlflow_server(tuned, data_root, prefect_server, mlflow_server,
@@ -81,7 +94,7 @@ def test_register_and_promote_against_a_real_mlflow_server(tuned, data_root, pre
         return evaluated, run_register(cfg, tuned[name], evaluated.metrics, evaluated.eval_set)
 
     sharp_eval, first = register("sharp")  # no champion yet: the first clean candidate becomes it
-    assert first.promoted and first.version == "1" and first.decision == "promoted: no champion yet"
+    assert first.promoted and first.version == "1" and first.decision.startswith("promoted: no champion yet")
     eval_set = json.loads(sharp_eval.eval_set.read_text())
     assert len(eval_set["texts"]) == 4 and eval_set["pairs"] and all(len(p["reference"]) == 2 for p in eval_set["pairs"])
 
@@ -91,7 +104,7 @@ def test_register_and_promote_against_a_real_mlflow_server(tuned, data_root, pre
     assert second.champion["eval/val_bpb"] == pytest.approx(sharp_eval.metrics["eval/val_bpb"])  # scored again, same set
 
     _, third = register("sharper")  # worse: champion stays
-    assert not third.promoted and "kept champion 2" in third.decision and "not better" in third.decision
+    assert not third.promoted and "kept champion 2" in third.decision and "eval/val_bpb" in third.decision
     assert client.get_model_version_by_alias("c2m-test", "champion").version == "2"
     assert client.get_model_version_by_alias("c2m-test", "candidate").version == "3"
 
