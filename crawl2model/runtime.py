@@ -34,6 +34,7 @@ def prepare_environment(root: Path) -> None:
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no download bars in the pipeline's output
         "DO_NOT_TRACK": "1",
         "C2M_HOME": str(root),
     }

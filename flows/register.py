@@ -28,7 +28,6 @@ import json
 import logging
 import subprocess
 import tempfile
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -135,15 +134,16 @@ def registered_version(client, name: str, checkpoint_sha: str):
 def quiet_pyfunc():
     """MLflow warns at every pyfunc log that the model is pickled (by reference here: its code
     ships in code_paths) and that predict has no type hints (they would drop the params schema)."""
+    from model.serving import silenced_warnings
+
     logger = logging.getLogger("mlflow.pyfunc")
-    level, show = logger.level, warnings.showwarning
+    level = logger.level
     logger.setLevel(logging.ERROR)
-    warnings.showwarning = lambda *args, **kwargs: None  # MLflow resets the filters, so a filter would not do
     try:
-        yield
+        with silenced_warnings():
+            yield
     finally:
         logger.setLevel(level)
-        warnings.showwarning = show
 
 
 @task(name="log-model", cache_policy=NONE)

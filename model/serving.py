@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -50,26 +52,42 @@ def _prompts(model_input) -> list[str]:
     return [str(p) for p in model_input]
 
 
-class ChatModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        from tokenizers import Tokenizer
+@contextmanager
+def silenced_warnings():
+    """No warning is shown inside. MLflow changes the warning filters while it works, so
+    warnings.catch_warnings() would not hold; replacing showwarning does."""
+    show = warnings.showwarning
+    warnings.showwarning = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
-        from model.sampling import load_model
 
-        folder = Path(context.artifacts["checkpoint"])
-        self.model, self.meta = load_model(folder)
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+# MLflow warns when the class is created that predict has no type hints (on purpose: hints would
+# replace the signature's params); the warning tells a user nothing.
+with silenced_warnings():
 
-    def predict(self, context, model_input, params=None):  # no type hints: they would replace the signature with params
-        from model.chat_data import chat_prompt_ids
-        from model.generate import generate
-        from tasks.bpe import END_OF_TURN
+    class ChatModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context) -> None:
+            from tokenizers import Tokenizer
 
-        p = {**DEFAULT_PARAMS, **(params or {})}
-        limit = self.model.config.max_seq_len
-        new_tokens = max(1, min(int(p["max_new_tokens"]), limit - 1))
-        ids = [chat_prompt_ids(self.tokenizer, prompt)[-(limit - new_tokens):] for prompt in _prompts(model_input)]
-        out = generate(self.model, ids, new_tokens, temperature=float(p["temperature"]),
-                       top_k=int(p["top_k"]) if p["top_k"] else None, eos_id=self.tokenizer.token_to_id(END_OF_TURN),
-                       seed=int(p["seed"]))
-        return [self.tokenizer.decode(o) for o in out]
+            from model.sampling import load_model
+
+            folder = Path(context.artifacts["checkpoint"])
+            self.model, self.meta = load_model(folder)
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+
+        def predict(self, context, model_input, params=None):  # no type hints: they would replace the signature with params
+            from model.chat_data import chat_prompt_ids
+            from model.generate import generate
+            from tasks.bpe import END_OF_TURN
+
+            p = {**DEFAULT_PARAMS, **(params or {})}
+            limit = self.model.config.max_seq_len
+            new_tokens = max(1, min(int(p["max_new_tokens"]), limit - 1))
+            ids = [chat_prompt_ids(self.tokenizer, prompt)[-(limit - new_tokens):] for prompt in _prompts(model_input)]
+            out = generate(self.model, ids, new_tokens, temperature=float(p["temperature"]),
+                           top_k=int(p["top_k"]) if p["top_k"] else None, eos_id=self.tokenizer.token_to_id(END_OF_TURN),
+                           seed=int(p["seed"]))
+            return [self.tokenizer.decode(o) for o in out]
