@@ -9,6 +9,7 @@
     crawl2model sft [--data chat.jsonl] | dpo [--data prefs.jsonl]   # tune; default data from the corpus
     crawl2model export [--format hf,gguf,torch] [--quant q8_0,q4_k_m,int4] | import-hf FOLDER
     crawl2model models list | show [VERSION] | promote VERSION | generate "prompt" [--alias champion]
+    crawl2model chat [--checkpoint DIR | --alias champion | --gguf FILE] | serve [--alias champion | --gguf FILE]
     crawl2model ui [--prefect-port 4200 --mlflow-port 5000]   # both UIs over the data root; Ctrl-C stops both
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
@@ -32,6 +33,7 @@ from rich.table import Table
 
 from crawl2model.config import Config, ConfigError, load_config
 from crawl2model.runtime import prepare_environment
+from flows.chat_cli import chat, serve
 from flows.models_cli import models_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -41,6 +43,8 @@ app.add_typer(warehouse_app, name="warehouse")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer, encode token shards, look at a text's tokens.")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(models_app, name="models")
+app.command()(chat)
+app.command()(serve)
 
 out = Console()
 err = Console(stderr=True)

@@ -312,10 +312,22 @@ def _content_ids(plain: Tokenizer, specials: dict[str, int], text: str) -> list[
 
 
 def chat_prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """A user turn and the generation prompt: render_chat([user], add_generation_prompt=True)'s ids,
-    the content through the plain-text encoder."""
-    special = tokenizer.token_to_id
-    return [special(USER), *plain_text_encoder(tokenizer).encode(prompt).ids, special(END_OF_TURN), special(ASSISTANT)]
+    """A user turn and the generation prompt: render_chat([user], add_generation_prompt=True)'s ids."""
+    return conversation_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def conversation_prompt_ids(tokenizer: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """render_chat(messages, add_generation_prompt)'s ids for a whole conversation (system, then
+    user/assistant turns): role and end-of-turn markers as special ids, every content through the
+    plain-text encoder; with the generation prompt (<|assistant|>) the model answers next."""
+    plain, specials = _encoders(tokenizer)
+    ids: list[int] = []
+    for message in messages:
+        if message["role"] not in ROLES:
+            raise ValueError(f"unknown role {message['role']!r}; known: {', '.join(ROLES)}")
+        ids += [specials[ROLES[message["role"]]], *_content_ids(plain, specials, message["content"]),
+                specials[END_OF_TURN]]
+    return ids + [specials[ASSISTANT]] if add_generation_prompt else ids
 
 
 def encode_sft(messages: list[dict], tokenizer: Tokenizer, max_len: int) -> EncodedChat:

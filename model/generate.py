@@ -1,8 +1,10 @@
 """Batched sampling from a model.llama.Llama with its KV cache.
 
-    from model.generate import generate
+    from model.generate import generate, stream
     new = generate(model, [[5, 9, 2], [7]], max_new_tokens=50, temperature=0.8, top_p=0.95,
                    eos_id=0, seed=1234)        # new[i]: the tokens generated after prompts[i]
+    for token in stream(model, [5, 9, 2], 50, temperature=0.8, eos_id=0, seed=1234):
+        ...                                    # the same tokens as generate's row, one at a time
 
 Prompts of different lengths are left-padded into one batch; the cache's `pad` masks the pad
 slots out and starts each row's rotary positions at its first real token, so every row gets
@@ -16,6 +18,8 @@ tell an eos stop from running out of max_new_tokens. The model's train/eval mode
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -45,9 +49,10 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
-def _generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-              top_k: int | None, top_p: float | None, eos_id: int | None, seed: int | None) -> list[list[int]]:
+@torch.inference_mode()  # on a generator: active only while it runs, not between its yields
+def _steps(model: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+           top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[torch.Tensor]:
+    """The tokens (B,) chosen at each of max_new_tokens steps: one prefill, then one forward a step."""
     device = next(model.parameters()).device
     longest = max(len(p) for p in prompts)
     cache = KVCache(model.config, len(prompts), longest + max_new_tokens, device=device,
@@ -59,24 +64,31 @@ def _generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, tempe
         generator = torch.Generator(device=device).manual_seed(seed)
 
     logits, _ = model(tokens, kv_cache=cache, start_pos=0, last_only=True)
-    outputs: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
     for step in range(max_new_tokens):
         chosen = next_tokens(logits[:, -1], temperature, top_k, top_p, generator)
+        yield chosen
+        if step == max_new_tokens - 1:
+            break
+        # Finished rows keep decoding (a batch moves together); their tokens are not kept.
+        logits, _ = model(chosen[:, None], kv_cache=cache, start_pos=longest + step)
+
+
+def _generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+              top_k: int | None, top_p: float | None, eos_id: int | None, seed: int | None) -> list[list[int]]:
+    outputs: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for chosen in _steps(model, prompts, max_new_tokens, temperature, top_k, top_p, seed):
         for row, token in enumerate(chosen.tolist()):
             if not done[row]:
                 outputs[row].append(token)
                 done[row] = token == eos_id
-        if all(done) or step == max_new_tokens - 1:
+        if all(done):
             break
-        # Finished rows keep decoding (a batch moves together); their tokens are not kept.
-        logits, _ = model(chosen[:, None], kv_cache=cache, start_pos=longest + step)
     return outputs
 
 
-def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-             seed: int | None = None) -> list[list[int]]:
+def _check(model: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+           top_k: int | None, top_p: float | None) -> None:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
     if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1) \
@@ -86,6 +98,12 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, temper
     if longest + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_seq_len {model.config.max_seq_len}")
+
+
+def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             seed: int | None = None) -> list[list[int]]:
+    _check(model, prompts, max_new_tokens, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return [[] for _ in prompts]
     was_training = model.training
@@ -94,3 +112,26 @@ def generate(model: Llama, prompts: list[list[int]], max_new_tokens: int, temper
         return _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, seed)
     finally:
         model.train(was_training)
+
+
+def stream(model: Llama, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+           seed: int | None = None) -> Iterator[int]:
+    """The tokens of `generate(model, [prompt], ...)[0]`, yielded one at a time as each is sampled
+    (the eos token too, then it stops). Arguments are checked at the call; the model is in eval
+    mode while the generator runs and gets its mode back when it ends or is closed."""
+    _check(model, [prompt], max_new_tokens, temperature, top_k, top_p)
+
+    def tokens() -> Iterator[int]:
+        was_training = model.training
+        model.eval()
+        try:
+            for chosen in _steps(model, [prompt], max_new_tokens, temperature, top_k, top_p, seed):
+                token = int(chosen[0])
+                yield token
+                if token == eos_id:
+                    return
+        finally:
+            model.train(was_training)
+
+    return tokens()
