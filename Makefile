@@ -29,7 +29,7 @@ $(VENV)/wheels/.built: | $(VENV)/.installed
 	touch $@
 
 $(VENV)/.llamacpp: $(VENV)/wheels/.built
-	$(PY) -m pip install -q $(VENV)/wheels/llama_cpp_python-*.whl
+	$(PY) -m pip install -q "$$(ls $(VENV)/wheels/llama_cpp_python-*.whl)[server]"
 	touch $@
 
 install: $(VENV)/.installed $(if $(filter 1,$(LLAMACPP)),$(VENV)/.llamacpp)
