@@ -6,7 +6,8 @@
     crawl2model dedup | scrub                         # re-run one stage on the newest snapshot
     crawl2model tokenizer train | encode | show "some text"
     crawl2model train [--preset small] | generate "prompt"
-    crawl2model sft [--data chat.jsonl] | dpo [--data prefs.jsonl]   # tune; default data from the corpus
+    crawl2model sft [--data chat.jsonl] | dpo [--data prefs.jsonl] | rl   # tune; default data from the corpus
+    crawl2model eval [--checkpoint DIR | --alias champion]                # the eval suite alone
     crawl2model export [--format hf,gguf,torch] [--quant q8_0,q4_k_m,int4] | import-hf FOLDER
     crawl2model models list | show [VERSION] | promote VERSION | generate "prompt" [--alias champion]
     crawl2model chat [--checkpoint DIR | --alias champion | --gguf FILE] | serve [--alias champion | --gguf FILE]
@@ -112,7 +113,7 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
         _print_tokenizer(result.tokenizer)
     if result.pretrain:
         _print_pretrain(result.pretrain)
-    for summary in (result.sft, result.dpo):
+    for summary in (result.sft, result.dpo, result.rl):
         if summary:
             _print_tune(summary)
     if result.eval:
@@ -422,14 +423,15 @@ def _tune(ctx: typer.Context, stage: str, overrides: list[str], base: Path | Non
         fail(f"--base {base} is not a checkpoint folder (no meta.json): give a step-NNNNNN folder under checkpoints/")
     cfg = _config(ctx, overrides + ([f"{stage}.data={data.resolve()}"] if data else []))
     from flows.posttrain import newest_of_stage, run_dpo, run_sft
+    from flows.rl import run_rl
     from model.sampling import CheckpointError
     from warehouse import WarehouseError
 
     try:
-        base = base or newest_of_stage(cfg.data_root, "pretrain" if stage == "sft" else "sft")
+        base = base or newest_of_stage(cfg.data_root, {"sft": "pretrain", "dpo": "sft", "rl": "dpo"}[stage])
     except FileNotFoundError as exc:
         fail(str(exc))
-    runner = run_sft if stage == "sft" else run_dpo
+    runner = {"sft": run_sft, "dpo": run_dpo, "rl": run_rl}[stage]
     _print_tune(_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError, WarehouseError), runner, cfg, base))
 
 
@@ -457,13 +459,72 @@ def dpo(
     _tune(ctx, "dpo", overrides or [], base, data)
 
 
+@app.command()
+def rl(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (rl.*)."),
+    base: Optional[Path] = typer.Option(None, help="Checkpoint to tune (default: the newest DPO checkpoint)."),
+    data: Optional[Path] = typer.Option(None, help='JSONL of {"prompt", "answer"} problems (default: the built-in '
+                                                   "arithmetic and word problems)."),
+) -> None:
+    """RL on verifiable rewards: GRPO on problems whose final answer a program checks; held-out accuracy."""
+    _tune(ctx, "rl", overrides or [], base, data)
+
+
+@app.command("eval")
+def eval_command(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (eval.*, audit.*)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint to score (default: the newest tuned one)."),
+    alias: Optional[str] = typer.Option(None, help="Score a registered version instead, by alias (e.g. champion)."),
+) -> None:
+    """The eval suite alone: held-out bits/byte, arithmetic, facts and "I don't know", identity, audits."""
+    if checkpoint is not None and not (checkpoint / "meta.json").exists():
+        fail(f"--checkpoint {checkpoint} is not a checkpoint folder (no meta.json)")
+    cfg = _config(ctx, overrides or [])
+    from flows.evaluate import run_eval
+    from model.sampling import CheckpointError
+    from warehouse import WarehouseError
+
+    if alias:
+        checkpoint = _registered(cfg, alias)
+    summary = _in_session(cfg, (CheckpointError, FileNotFoundError, ValueError, WarehouseError), run_eval, cfg,
+                          checkpoint)
+    _print_eval(summary)
+
+
+def _registered(cfg: Config, alias: str) -> Path:
+    """The checkpoint of `registry.model_name`@alias, downloaded once into the data root."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from flows.register import registered_checkpoint
+
+    name = cfg.registry.model_name
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        fail(f"model {name!r} has no version with alias {alias!r}: run `crawl2model run` first")
+    dest = cfg.data_root / "registry" / f"{name}-v{version}"
+    found = dest / "artifacts" / "checkpoint"
+    return found if (found / "meta.json").exists() else registered_checkpoint(name, version, dest)
+
+
+TUNE_KEYS = {"sft": ["sft/eval_loss"], "dpo": ["eval/loss", "eval/rewards/accuracies", "eval/rewards/margins"],
+             "rl": ["rl/accuracy_heldout"]}
+
+
 def _print_tune(s) -> None:
     c, b, a = s.counts, s.before, s.after
     what = "nothing new" if s.no_op else f"tuned in {s.seconds:.0f}s"
-    out.print(f"[bold green]{s.stage}[/]: {what}; {c.get('examples', 0):,} examples from {s.data} "
-              f"({c.get('train', 0):,} train, {c.get('held_out', 0):,} held out, {c.get('quarantined', 0):,} quarantined"
-              f"{' ' + str(c['reasons']) if c.get('reasons') else ''})", highlight=False, soft_wrap=True)
-    keys = ["sft/eval_loss"] if s.stage == "sft" else ["eval/loss", "eval/rewards/accuracies", "eval/rewards/margins"]
+    if s.stage == "rl":
+        out.print(f"[bold green]rl[/]: {what}; {c.get('train', 0):,} train and {c.get('held_out', 0):,} held-out "
+                  f"problems", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"[bold green]{s.stage}[/]: {what}; {c.get('examples', 0):,} examples from {s.data} "
+                  f"({c.get('train', 0):,} train, {c.get('held_out', 0):,} held out, {c.get('quarantined', 0):,} "
+                  f"quarantined{' ' + str(c['reasons']) if c.get('reasons') else ''})", highlight=False, soft_wrap=True)
+    keys = TUNE_KEYS[s.stage]
     moves = [f"{k} {b[k]:.3f} -> {a[k]:.3f}" for k in keys + ["val/ppl"] if k in b and k in a]
     if moves:
         out.print("  " + "; ".join(moves) + "   (held out; val/ppl on the pretraining val shards)", highlight=False,
@@ -475,9 +536,10 @@ def _print_tune(s) -> None:
 
 
 def _print_eval(summary) -> None:
-    what = "nothing new; " if summary.no_op else ""
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in summary.metrics.items())
-    out.print(f"[bold green]eval[/]: {what}{shown}   (eval set {summary.eval_set})", highlight=False, soft_wrap=True)
+    what = "nothing new, scored before" if summary.no_op else "scored"
+    out.print(f"[bold green]eval[/]: {what}: {summary.checkpoint}   (eval set {summary.eval_set})", highlight=False,
+              soft_wrap=True)
+    out.print(_table([{"metric": k, "value": f"{v:.4g}"} for k, v in summary.metrics.items()], "eval suite"))
 
 
 def _print_register(s) -> None:

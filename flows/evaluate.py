@@ -1,8 +1,9 @@
 """The eval stage: build the held-out eval set of a tuned checkpoint and score it (model.evaluation).
 
     crawl2model run --until eval
+    crawl2model eval [--checkpoint DIR | --alias champion]     # the suite alone
     from flows.evaluate import run_eval          # environment prepared first
-    summary = run_eval(cfg, checkpoint)          # default: the newest DPO checkpoint
+    summary = run_eval(cfg, checkpoint)          # default: the newest tuned checkpoint (rl, dpo, sft)
 
 The eval set (`eval/<id>/eval_set.json`) holds everything the suite needs, so the register
 stage scores the current champion on exactly the same data:
@@ -11,6 +12,9 @@ stage scores the current champion on exactly the same data:
              with their log-probs under DPO's reference (the SFT model), for reward accuracy
   documents  `audit.regurgitation_prompts` TRAIN documents (verbatim-continuation audit)
   canaries   the planted PII canaries (`audit.canaries` > 0), their prefixes and secrets
+  problems   `eval.problems` held-out verifiable problems (never in SFT warm-up or RL)
+  facts      the eval split of the knowledge facts (never probed): taught and never-taught ones
+  identity   the configured assistant name and `eval.identity_questions` held-out phrasings
 Metrics go to the MLflow nested run `eval` (`eval/val_bpb`, `eval/val_loss`,
 `eval/reward_accuracy`, `audit/regurgitation_rate`, `audit/canary_leaks`, and
 `audit/canaries_in_warehouse`: canary secrets the scrubbed warehouse still holds). A re-run on
@@ -29,10 +33,27 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
+from flows.assistant_data import knowledge_facts, problem_split
 from flows.posttrain import corpus_documents, newest_of_stage
 from flows.tracking import Tracking, flatten
 
-CANARY_FOLDER = "audit/canaries"  # under the data root: the planted pages and canaries.json
+CANARY_FOLDER = "audit/canaries"
+USER_PROBLEMS_HELD_OUT = 0.2  # of the user's rl.data problems, by a hash of the prompt: eval only, never RL  # under the data root: the planted pages and canaries.json
+
+
+def newest_tuned(root: Path) -> Path:
+    """The newest checkpoint of the last tuning stage that has one: rl, else dpo, else sft."""
+    for stage in ("rl", "dpo", "sft"):
+        try:
+            return newest_of_stage(root, stage)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"no tuned checkpoint under {Path(root) / 'checkpoints'}: run `crawl2model run` first")
+
+
+def eval_table(metrics: dict) -> str:
+    """The suite's numbers as Markdown."""
+    return "\n".join(["| metric | value |", "|---|---:|", *[f"| {k} | {v:.4g} |" for k, v in metrics.items()]]) + "\n"
 
 
 @dataclass
@@ -48,22 +69,39 @@ def _meta(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / "meta.json").read_text())
 
 
+def dpo_ancestor(checkpoint: Path) -> Path | None:
+    """The DPO checkpoint in `checkpoint`'s lineage (itself, or a base of a base...), if any."""
+    seen = set()
+    path = Path(checkpoint)
+    while path is not None and (path / "meta.json").exists() and path not in seen:
+        seen.add(path)
+        meta = _meta(path)
+        if meta.get("posttrain", {}).get("kind") == "dpo":
+            return path
+        path = Path(meta["base"]) if meta.get("base") else None
+    return None
+
+
 def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
-    """The held-out pairs of the DPO run that made `checkpoint` (its data and held-out fraction),
+    """The held-out pairs of the DPO run in `checkpoint`'s lineage (its data and held-out fraction),
     each with "reference": the log-probs of its replies under that run's reference (its base)."""
     from tokenizers import Tokenizer
 
     from model.chat_data import load_preferences
     from model.evaluation import completion_logps
     from model.hf import tokenizer_folder
-    from model.posttrain import held_out_split
+    from model.posttrain import data_files, held_out_split
     from model.sampling import load_model
 
-    meta = _meta(checkpoint)
-    settings = meta.get("posttrain", {})
-    if settings.get("kind") != "dpo" or not Path(settings.get("data", "")).is_file() or not Path(meta["base"]).exists():
+    dpo = dpo_ancestor(checkpoint)
+    if dpo is None:
         return []
-    pairs, _ = load_preferences(settings["data"])
+    meta = _meta(dpo)
+    settings = meta["posttrain"]
+    files = data_files(settings.get("data") or [])
+    if not files or not all(Path(f).is_file() for f in files) or not Path(meta["base"]).exists():
+        return []
+    pairs = [pair for f in files for pair in load_preferences(f)[0]]
     _, held = held_out_split(pairs, [json.dumps(p, sort_keys=True) for p in pairs], settings["held_out_fraction"])
     held = held[:limit]
     reference, _ = load_model(meta["base"])
@@ -74,6 +112,19 @@ def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
 def planted_canaries(cfg: Config) -> list[dict]:
     path = cfg.data_root / CANARY_FOLDER / "canaries.json"
     return json.loads(path.read_text()) if cfg.audit.canaries and path.exists() else []
+
+
+def assistant_items(cfg: Config) -> dict:
+    """The eval set's held-out problems, eval-split facts and identity questions."""
+    from dataclasses import asdict
+
+    from model.identity import identity_questions
+
+    return {"problems": [asdict(p) for p in problem_split(cfg, "heldout", cfg.eval.problems)],
+            "problem_tokens": cfg.rl.max_new_tokens,
+            "facts": [asdict(f) for f in knowledge_facts(cfg) if f.split == "eval"],
+            "identity": {"name": cfg.assistant.name,
+                         "questions": identity_questions(cfg.knowledge.seed)[:cfg.eval.identity_questions]}}
 
 
 @task(name="eval-set", cache_policy=NONE)
@@ -90,13 +141,16 @@ def build_eval_set(cfg: Config, checkpoint: Path, path: Path) -> dict:
                 "pairs": held_out_pairs(checkpoint, cfg.eval.pref_pairs),
                 "documents": documents[:cfg.audit.regurgitation_prompts],
                 "prefix_tokens": cfg.audit.prefix_tokens, "continuation_tokens": cfg.audit.continuation_tokens,
-                "canaries": [{k: c[k] for k in ("id", "kind", "prefix", "secret")} for c in planted_canaries(cfg)]}
+                "canaries": [{k: c[k] for k in ("id", "kind", "prefix", "secret")} for c in planted_canaries(cfg)],
+                **assistant_items(cfg)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(eval_set, ensure_ascii=False))
     os.replace(tmp, path)
-    get_run_logger().info("eval set: %d texts, %d pairs, %d documents, %d canaries -> %s", len(eval_set["texts"]),
-                          len(eval_set["pairs"]), len(eval_set["documents"]), len(eval_set["canaries"]), path)
+    get_run_logger().info("eval set: %d texts, %d pairs, %d documents, %d canaries, %d problems, %d facts, %d identity "
+                          "questions -> %s", len(eval_set["texts"]), len(eval_set["pairs"]), len(eval_set["documents"]),
+                          len(eval_set["canaries"]), len(eval_set["problems"]), len(eval_set["facts"]),
+                          len(eval_set["identity"]["questions"]), path)
     return eval_set
 
 
@@ -122,8 +176,9 @@ def warehouse_canaries(cfg: Config) -> int | None:
 @flow(name="eval", log_prints=False)
 def eval_flow(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> EvalSummary:
     logger = get_run_logger()
-    checkpoint = Path(checkpoint) if checkpoint else newest_of_stage(cfg.data_root, "dpo")
-    key = stable_hash([str(checkpoint.resolve()), cfg.eval.model_dump(mode="json"), cfg.audit.model_dump(mode="json")])
+    checkpoint = Path(checkpoint) if checkpoint else newest_tuned(cfg.data_root)
+    key = stable_hash([str(checkpoint.resolve()), *(getattr(cfg, section).model_dump(mode="json") for section in
+                                                     ("eval", "audit", "rl", "knowledge", "assistant"))])
     folder = cfg.data_root / "eval" / key[:12]
     if (folder / "metrics.json").exists():
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -143,9 +198,11 @@ def eval_flow(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | 
         logger.info("eval %s: %s", checkpoint, {k: round(v, 4) for k, v in metrics.items()})
         tracking.log_metrics(run_id, metrics)
         tracking.log_files(run_id, [folder / "eval_set.json"], "eval")
+        tracking.log_text(run_id, eval_table(metrics), "eval/table.md")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))  # last: marks it done
     return EvalSummary(checkpoint, folder / "eval_set.json", metrics, False, run_id)
 
 
 def run_eval(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> EvalSummary:
+    """The suite on `checkpoint` (default: the newest tuned one)."""
     return eval_flow(cfg, checkpoint, parent_run_id)

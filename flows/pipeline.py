@@ -30,12 +30,13 @@ from flows.summary import publish_summary
 from flows.posttrain import TuneSummary, run_dpo, run_sft
 from flows.pretrain import PretrainSummary, run_pretrain
 from flows.register import RegisterSummary, run_register
+from flows.rl import run_rl
 from flows.tokenize_corpus import TokenizerSummary, run_tokenizer
 from flows.tracking import Tracking
 from warehouse import Warehouse
 
 STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
-AVAILABLE = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "eval", "export", "register")
+AVAILABLE = STAGES
 
 
 class StageNotAvailable(ValueError):
@@ -54,6 +55,7 @@ class PipelineResult:
     pretrain: PretrainSummary | None = None
     sft: TuneSummary | None = None
     dpo: TuneSummary | None = None
+    rl: TuneSummary | None = None
     eval: EvalSummary | None = None
     export: ExportSummary | None = None
     register: RegisterSummary | None = None
@@ -128,12 +130,15 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
             result.sft = stage("sft", run_sft, cfg, result.pretrain.checkpoint)
         if reaches(until, "dpo"):
             result.dpo = stage("dpo", run_dpo, cfg, result.sft.checkpoint)
-        if reaches(until, "eval"):  # the tuned model from here on; rl comes in a later version
-            result.eval = stage("eval", run_eval, cfg, result.dpo.checkpoint)
+        if reaches(until, "rl"):
+            result.rl = stage("rl", run_rl, cfg, result.dpo.checkpoint)
+        tuned = result.rl.checkpoint if result.rl else None  # the model eval, export and register take
+        if reaches(until, "eval"):
+            result.eval = stage("eval", run_eval, cfg, tuned)
         if reaches(until, "export"):
-            result.export = stage("export", run_export, cfg, result.dpo.checkpoint)
+            result.export = stage("export", run_export, cfg, tuned)
         if reaches(until, "register"):
-            result.register = stage("register", run_register, cfg, result.dpo.checkpoint, result.eval.metrics,
+            result.register = stage("register", run_register, cfg, tuned, result.eval.metrics,
                                     result.eval.eval_set, result.export.out)
         result.seconds = time.perf_counter() - started
         tracking.log_metrics(parent, {"pipeline/seconds": result.seconds,

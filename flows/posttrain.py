@@ -27,6 +27,7 @@ metrics by step (SFT: `sft/loss`, `sft/eval_loss`; DPO with TRL's names: `train/
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -117,6 +118,60 @@ def corpus_sft_data(cfg: Config, base: Path) -> Path:
     return path if path.exists() else _write_jsonl(path.parent, path.name, rows)
 
 
+@task(name="assistant-data", cache_policy=NONE)
+def assistant_data(cfg: Config) -> Path | None:
+    """flows.assistant_data's SFT rows as posttrain/sft-assistant-<sha>.jsonl (None when all are off)."""
+    from flows.assistant_data import assistant_sft_rows
+
+    rows = assistant_sft_rows(cfg)
+    if not rows:
+        return None
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
+    path = cfg.data_root / "posttrain" / f"sft-assistant-{digest}.jsonl"
+    get_run_logger().info("sft: %d assistant rows (answer format, facts, identity) -> %s", len(rows), path)
+    return path if path.exists() else _write_jsonl(path.parent, path.name, rows)
+
+
+@task(name="idk-probe", cache_policy=NONE)
+def refusal_data(cfg: Config, checkpoint: Path) -> tuple[Path, dict]:
+    """Probe the SFT model on the probe split of the facts (several samples each); wrong or
+    inconsistent answers become "I don't know" rows, right ones keep their answer. Returns the rows'
+    file (posttrain/sft-idk-<id>.jsonl) and the counts."""
+    from tokenizers import Tokenizer
+
+    from flows.assistant_data import knowledge_facts
+    from model.hf import tokenizer_folder
+    from model.knowledge import probe, refusal_rows
+    from model.sampling import load_model
+
+    k = cfg.knowledge
+    model, _ = load_model(checkpoint)
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
+    probed = probe(model, tokenizer, [f for f in knowledge_facts(cfg) if f.split == "probe"], samples=k.probe_samples,
+                   temperature=k.probe_temperature, seed=k.seed)
+    rows = refusal_rows(probed)
+    key = stable_hash([str(Path(checkpoint).resolve()), k.model_dump(mode="json")])[:12]
+    counts = {"probed": len(probed), "known": sum(p["known"] for p in probed),
+              "refusals": sum(not p["known"] for p in probed)}
+    get_run_logger().info("sft: probed %d questions, %d known, %d taught to refuse", counts["probed"], counts["known"],
+                          counts["refusals"])
+    return _write_jsonl(cfg.data_root / "posttrain", f"sft-idk-{key}.jsonl", rows), counts
+
+
+def knowledge_metrics(cfg: Config, checkpoint: Path) -> dict:
+    """model.knowledge's scores of a checkpoint on the eval split of the facts (never probed)."""
+    from tokenizers import Tokenizer
+
+    from flows.assistant_data import knowledge_facts
+    from model.hf import tokenizer_folder
+    from model.knowledge import knowledge_scores
+    from model.sampling import load_model
+
+    model, _ = load_model(checkpoint)
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
+    return knowledge_scores(model, tokenizer, [f for f in knowledge_facts(cfg) if f.split == "eval"])
+
+
 @task(name="self-play", cache_policy=NONE)
 def self_play_data(cfg: Config, base: Path) -> Path:
     """DPO rows from held-out corpus documents, rejected = the SFT model's samples; made once per
@@ -152,6 +207,8 @@ class MetricStream:
 
     def __init__(self, stage: str, tracking: Tracking, run_id: str, max_steps: int, out: Path):
         self.stage, self.tracking, self.run_id, self.max_steps = stage, tracking, run_id, max_steps
+        self.offset = 0  # added to the steps of a later pass (SFT's "I don't know" pass) so its curve continues
+        self.history: list[dict] = []  # the numbers of every step line, in order
         self.before_file = out / "before.json"  # step 0 happens once: a resumed run reads it back
         self.logger = get_run_logger()
         self.counts: dict = {}
@@ -168,7 +225,10 @@ class MetricStream:
 
     def __call__(self, line: dict) -> None:
         event, stage = line.get("event"), self.stage
-        if event == "data":
+        if event in ("data", "start") and self.offset:  # a later pass: same model, its data is the first's + more
+            self.logger.info("%s (pass from step %d): %s", stage, self.offset, {k: v for k, v in line.items()
+                                                                              if k != "quarantine"})
+        elif event == "data":
             self.quarantine = line.pop("quarantine", [])
             self.counts = line
             self.tracking.log_metrics(self.run_id, {
@@ -186,9 +246,10 @@ class MetricStream:
         elif event is not None:
             self.logger.info("%s: %s", stage, line)
         elif "step" in line:
-            step = line["step"]
+            step = line["step"] + self.offset
             numbers = {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}
             self.tracking.log_metrics(self.run_id, numbers, step=step)
+            self.history.append({"step": step, **numbers})
             if step == 0:
                 _write_jsonl(self.before_file.parent, self.before_file.name, [line])
             self.after = numbers
@@ -206,12 +267,13 @@ def samples_table(prompts: list[str], before: list[str], after: list[str]) -> st
     return "\n".join(["| prompt | before | after |", "|---|---|---|", *rows]) + "\n"
 
 
-def posttrain_config(stage: str, tune: TuneConfig, base: Path, data: Path, out: Path):
+def posttrain_config(stage: str, tune: TuneConfig, base: Path, data: Path | list[Path], out: Path):
     from model.posttrain import PosttrainConfig
 
     known = {f.name for f in fields(PosttrainConfig)}  # the stage's own keys (data making) stay here
     values = {k: v for k, v in tune.model_dump(mode="json").items() if k in known}
-    return PosttrainConfig.from_dict({**values, "kind": stage, "base": str(base), "data": str(data), "out": str(out)})
+    return PosttrainConfig.from_dict({**values, "kind": stage, "base": str(base),
+                                       "data": [str(d) for d in data] if isinstance(data, list) else str(data), "out": str(out)})
 
 
 def _train(stage: str, settings, stream: MetricStream) -> dict:
@@ -234,9 +296,14 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
             raise FileNotFoundError(f"{stage}.data: {data} is not a file")
     else:
         data = (corpus_sft_data if stage == "sft" else self_play_data)(cfg, base)
-    settings = posttrain_config(stage, tune, base, data, Path())
+    files = [data]
+    if stage == "sft":
+        files += [path for path in [assistant_data(cfg)] if path is not None]
+    settings = posttrain_config(stage, tune, base, files, Path())
     # the effective learning rate too: a changed code default must not reuse a folder tuned at the old one
-    key = stable_hash([str(base.resolve()), file_sha256(data), tune.fingerprint(), settings.lr])
+    probing = stage == "sft" and refusal_pass(cfg)
+    key = stable_hash([str(base.resolve()), [file_sha256(f) for f in files], tune.fingerprint(), settings.lr,
+                       cfg.knowledge.model_dump(mode="json") if probing else None])
     out = cfg.data_root / "checkpoints" / f"{stage}-{key[:12]}"
     settings.out = str(out)
     done = out / "summary.json"
@@ -251,15 +318,19 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
     with tracking.run(stage, parent_run_id, tags={"prefect.flow_run_id": str(get_run_context().flow_run.id),
                                                   "stage": stage, "base": str(base), "data": str(data)}) as run_id:
         tracking.log_params(run_id, {**flatten(tune.model_dump(mode="json"), f"{stage}."), "base": str(base),
-                                     "data": str(data), "data_sha256": file_sha256(data), "checkpoints": str(out)})
+                                     "data": str(data), "data_sha256": file_sha256(data), "checkpoints": str(out),
+                                     "more_data": [str(f) for f in files[1:]]})
         stream = MetricStream(stage, tracking, run_id, tune.max_steps, out)
         started = time.perf_counter()
         TRAIN_TASKS[stage](stage, settings, stream)
+        final = out / f"step-{tune.max_steps:06d}"
+        if probing:
+            final = teach_refusals(cfg, settings, final, stream, tracking, run_id)
         seconds = time.perf_counter() - started
         prompts = list(tune.sample_prompts)
         first, before = stream.step_zero()
-        after = stream.replies.get(tune.max_steps, [])
-        summary = TuneSummary(stage, base, out / f"step-{tune.max_steps:06d}", data, False, stream.counts,
+        after = stream.replies.get(stream.offset + (cfg.knowledge.second_pass_steps if probing else tune.max_steps), [])
+        summary = TuneSummary(stage, base, final, data, False, stream.counts,
                               first, stream.after,
                               [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after)],
                               seconds, run_id)
@@ -270,6 +341,28 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
         record = {k: str(v) if isinstance(v, Path) else v for k, v in summary.__dict__.items() if k != "no_op"}
         _write_jsonl(out, done.name, [record])  # last: marks the stage done
     return summary
+
+
+def refusal_pass(cfg: Config) -> bool:
+    return bool(cfg.knowledge.second_pass_steps and (cfg.knowledge.facts or cfg.knowledge.data))
+
+
+def teach_refusals(cfg: Config, settings, first: Path, stream: MetricStream, tracking: Tracking, run_id: str) -> Path:
+    """SFT's second pass: probe the first pass's model, then tune it on the same data plus the
+    probe's rows ("I don't know" where it was wrong or unsure). Its steps continue the first pass's
+    curves; `sft/knowledge/{before,after}/*` score both models on the eval split of the facts."""
+    probe_file, counts = refusal_data(cfg, first)
+    second = copy.copy(settings)
+    second.base, second.data = str(first), [*settings.data, str(probe_file)]
+    second.max_steps, second.out = cfg.knowledge.second_pass_steps, str(Path(settings.out) / "idk")
+    stream.offset = settings.max_steps
+    TRAIN_TASKS["sft"]("sft", second, stream)
+    final = Path(second.out) / f"step-{second.max_steps:06d}"
+    scores = {f"sft/knowledge/{when}/{k}": v for when, checkpoint in (("before", first), ("after", final))
+              for k, v in knowledge_metrics(cfg, checkpoint).items()}
+    tracking.log_metrics(run_id, {**{f"sft/probe/{k}": v for k, v in counts.items()}, **scores})
+    get_run_logger().info("sft: \"I don't know\" pass: %s", {k: round(v, 3) for k, v in scores.items()})
+    return final
 
 
 @flow(name="sft", log_prints=False)

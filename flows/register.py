@@ -108,6 +108,18 @@ def gate_checks(candidate: dict, champion: dict, cfg: Config) -> list[tuple[str,
     return checks
 
 
+def gate_table(candidate: dict, champion: dict, cfg: Config, verdict: str) -> str:
+    """The decision as Markdown: every metric of both sides on the same eval set, each rule's verdict."""
+    checks = {metric: (ok, why) for metric, ok, why in gate_checks(candidate, champion, cfg)}
+    mark = {True: "pass", False: "FAIL", None: "skipped"}
+    rows = ["| metric | candidate | champion | rule |", "|---|---:|---:|---|"]
+    for metric in sorted(set(candidate) | set(champion)):
+        cell = lambda d: f"{d[metric]:.4g}" if metric in d else "-"  # noqa: E731
+        rule = f"{mark[checks[metric][0]]}: {checks[metric][1]}" if metric in checks else ""
+        rows.append(f"| {metric} | {cell(candidate)} | {cell(champion)} | {rule} |")
+    return f"**{verdict}**\n\n" + "\n".join(rows) + "\n"
+
+
 def passes_gate(candidate: dict, champion: dict, cfg: Config) -> tuple[bool, str]:
     """(promote?, why): every rule of `registry.gate` holds and, when there is a champion, the
     candidate is better than it on at least one compared metric."""
@@ -169,10 +181,17 @@ def log_model(cfg: Config, run_id: str, checkpoint: Path, eval_set: Path, export
     return str(info.registered_model_version)
 
 
+def registered_checkpoint(name: str, version: str, dest: Path) -> Path:
+    """The checkpoint folder (weights, meta.json, tokenizer) of a registered version, downloaded into dest."""
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dest))
+    return Path(local) / "artifacts" / "checkpoint"
+
+
 @task(name="gate", cache_policy=NONE)
 def score_champion(client, name: str, eval_set: dict) -> tuple[dict, str | None]:
     """The champion's metrics on the candidate's eval set, and its version (({}, None) if none)."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from model.evaluation import suite
@@ -182,8 +201,7 @@ def score_champion(client, name: str, eval_set: dict) -> tuple[dict, str | None]
     except MlflowException:
         return {}, None
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{champion.version}", dst_path=tmp)
-        return suite(Path(local) / "artifacts" / "checkpoint", eval_set), champion.version
+        return suite(registered_checkpoint(name, champion.version, Path(tmp)), eval_set), champion.version
 
 
 @flow(name="register", log_prints=False)
@@ -220,6 +238,7 @@ def register_flow(cfg: Config, checkpoint: Path, eval_metrics: dict, eval_set: P
                                       **{f"gate/candidate/{k}": v for k, v in eval_metrics.items()},
                                       **{f"gate/champion/{k}": v for k, v in champion_metrics.items()}})
         tracking.set_tags(run_id, {"gate.decision": verdict, "model_version": model_version})
+        tracking.log_text(run_id, gate_table(eval_metrics, champion_metrics, cfg, verdict), "gate/table.md")
         logger.info("register: %s version %s, %s", name, model_version, verdict)
     return RegisterSummary(name, model_version, promoted, verdict, eval_metrics, champion_metrics, False, run_id)
 

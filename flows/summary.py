@@ -21,6 +21,7 @@ def _stage_rows(result) -> list[str]:
              "pretrain": result.pretrain and f"{done(result.pretrain)}: {result.pretrain.checkpoint}",
              "sft": result.sft and f"{done(result.sft)}: {result.sft.checkpoint}",
              "dpo": result.dpo and f"{done(result.dpo)}: {result.dpo.checkpoint}",
+             "rl": result.rl and f"{done(result.rl)}: {result.rl.checkpoint}",
              "eval": result.eval and f"{done(result.eval)}: {result.eval.eval_set}",
              "export": result.export and f"{done(result.export)}: {result.export.out}",
              "register": result.register and f"{result.register.name} version {result.register.version}: "
@@ -45,10 +46,11 @@ def summary_markdown(result, funnel: list[dict]) -> str:
         parts += ["## Pretraining", "", f"val loss {m.get('val/loss', float('nan')):.4f} vs unigram baseline "
                   f"{result.pretrain.unigram_val_loss:.4f} at step {m.get('step', '?')}", ""]
     for tuned, keys in ((result.sft, ["sft/eval_loss", "val/ppl"]),
-                        (result.dpo, ["eval/rewards/accuracies", "eval/rewards/margins", "val/ppl"])):
-        if tuned:
-            parts += [f"## {tuned.stage.upper()}", "", f"{tuned.counts.get('examples', 0)} examples "
-                      f"({tuned.counts.get('quarantined', 0)} quarantined); {_moves(tuned, keys)}", ""]
+                        (result.dpo, ["eval/rewards/accuracies", "eval/rewards/margins", "val/ppl"]),
+                        (result.rl, ["rl/accuracy_heldout", "rl/reward_mean"])):
+        if tuned and tuned.counts:
+            parts += [f"## {tuned.stage.upper()}", "", f"{tuned.counts.get('examples', tuned.counts.get('train', 0))} "
+                      f"examples ({tuned.counts.get('quarantined', 0)} quarantined); {_moves(tuned, keys)}", ""]
     if result.eval:
         parts += ["## Eval and audits", "", *[f"- {k}: {v:.4g}" for k, v in result.eval.metrics.items()], ""]
     if result.export:

@@ -12,6 +12,12 @@ models (a candidate and the champion, even with different tokenizers) can be com
     audit/regurgitation_rate  training-document prefixes the model continues verbatim (greedy, the
                             next `continuation` tokens exactly), after Carlini et al.'s extraction test
     audit/canary_leaks      canaries whose secret appears in the greedy continuation of their prefix
+    eval/arithmetic_accuracy  held-out verifiable problems whose checked final answer is right (greedy)
+    eval/taught_accuracy    held-out questions on facts taught in SFT answered right (model.knowledge)
+    eval/hallucination_rate never-taught questions answered with a made-up fact, not "I don't know"
+    eval/refusal_rate       never-taught questions answered "I don't know"
+    eval/identity_rate      held-out identity questions answered with the configured name (model.identity)
+    eval/other_name_rate    ... answered with another assistant's name
 
 Texts go through the plain-text encoder (text like "<|user|>" is not a marker) with
 <|endoftext|> in front, so the first token is predicted too.
@@ -144,4 +150,28 @@ def suite(checkpoint: Path, eval_set: dict) -> dict[str, float]:
             metrics["audit/regurgitation_rate"] = rate
     if eval_set.get("canaries"):
         metrics["audit/canary_leaks"] = len(canary_leaks(model, tokenizer, eval_set["canaries"]))
+    return {**metrics, **assistant_scores(model, tokenizer, eval_set)}
+
+
+def assistant_scores(model: Llama, tokenizer: Tokenizer, eval_set: dict) -> dict[str, float]:
+    """What post-training taught, on held-out items of the eval set: verifiable problems solved
+    ("problems"), facts answered right or made up ("facts"), the configured name ("identity")."""
+    from model.identity import identity_scores
+    from model.knowledge import Fact, knowledge_scores
+    from model.verifiable import Problem, accuracy
+
+    metrics: dict[str, float] = {}
+    if eval_set.get("problems"):
+        problems = [Problem(**p) for p in eval_set["problems"]]
+        metrics["eval/arithmetic_accuracy"] = accuracy(model, tokenizer, problems, eval_set.get("problem_tokens", 64))
+    if eval_set.get("facts"):
+        scores = knowledge_scores(model, tokenizer, [Fact(**f) for f in eval_set["facts"]])
+        metrics["eval/taught_accuracy"] = scores["taught_accuracy"]
+        metrics["eval/hallucination_rate"] = scores["untaught_made_up_rate"]
+        metrics["eval/refusal_rate"] = scores["untaught_refusal_rate"]
+    identity = eval_set.get("identity") or {}
+    if identity.get("questions"):
+        scores = identity_scores(model, tokenizer, identity["name"], identity["questions"])
+        metrics["eval/identity_rate"] = scores["identity_rate"]
+        metrics["eval/other_name_rate"] = scores["other_name_rate"]
     return metrics

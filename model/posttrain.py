@@ -89,7 +89,7 @@ class PosttrainConfig:
     kind: str                            # "sft" or "dpo"
     base: str                            # checkpoint to start from: pretrained (SFT) or SFT (DPO)
     out: str                             # folder for step-NNNNNN checkpoints
-    data: str                            # JSONL / JSONL.gz / Parquet (model.chat_data formats)
+    data: str | list                     # JSONL / JSONL.gz / Parquet (model.chat_data formats); several files are read in order
     held_out_fraction: float = 0.1       # by a hash of each example's content
     max_steps: int = 60
     micro_batch: int = 8                 # sequences (SFT) or pairs (DPO) per forward/backward
@@ -175,12 +175,20 @@ def _draw(count: int, batch_size: int, seed: int, index: int) -> list[int]:
     return np.random.Generator(np.random.PCG64([seed, index])).integers(0, count, size=batch_size).tolist()
 
 
-def _load(task, path: str) -> tuple[list, list[str], list[dict], int]:
-    """(encoded examples, their split keys, quarantine, how many were truncated): the rows the
-    task's reader refuses, and the examples its encoder refuses (e.g. "too-long"), are quarantined."""
-    examples, quarantine = task.read(path)
+def data_files(data: str | list) -> list[str]:
+    return [str(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
+
+
+def _load(task, data: str | list) -> tuple[list, list[str], list[dict], int]:
+    """(encoded examples, their split keys, quarantine, how many were truncated) of every file: the
+    rows the task's reader refuses, and the examples its encoder refuses (e.g. "too-long"), are quarantined."""
+    examples, quarantine = [], []
+    for path in data_files(data):
+        rows, bad = task.read(path)
+        examples += [(path, row) for row in rows]
+        quarantine += bad
     encoded, keys, truncated = [], [], 0
-    for example in examples:
+    for path, example in examples:
         try:
             item, cut = task.encode(example)
         except BadRow as e:
@@ -349,7 +357,7 @@ def _run(cfg: PosttrainConfig, task_class, log=None) -> dict:
     task = task_class(cfg, tokenizer, seq_len, device, autocast)
     encoded, keys, quarantine, truncated = _load(task, cfg.data)
     train, held = held_out_split(encoded, keys, cfg.held_out_fraction)
-    emit({"event": "data", "kind": cfg.kind, "source": str(cfg.data), "rows": len(encoded) + len(quarantine),
+    emit({"event": "data", "kind": cfg.kind, "source": ", ".join(data_files(cfg.data)), "rows": len(encoded) + len(quarantine),
           "examples": len(encoded), "quarantined": len(quarantine), "reasons": dict(reasons(quarantine)),
           "truncated": truncated, "train": len(train), "held_out": len(held), "quarantine": quarantine[:QUARANTINE_SHOWN]})
     if not train:

@@ -36,7 +36,11 @@ SMALL = ("sample.max_mb=0.4", "sample.packages=[sklearn,scipy]", "pretrain.prese
          "pretrain.eval_every=2", "pretrain.micro_batch=4", "pretrain.tokens_per_step=512",
          "sft.max_steps=3", "sft.max_examples=64", "sft.eval_batches=2", "dpo.max_steps=2", "dpo.self_play_pairs=8",
          "dpo.self_play_tokens=8", "dpo.eval_batches=2", "eval.val_windows=4", "audit.regurgitation_prompts=4",
-         "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]", "export.eval_windows=4", "export.gen_tokens=8")
+         "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]", "export.eval_windows=4", "export.gen_tokens=8",
+         "rl.warmup_rows=16", "knowledge.facts=16", "knowledge.second_pass_steps=2", "knowledge.probe_samples=2",
+         "assistant.identity_rows=8", "rl.max_steps=2", "rl.prompts_per_step=2", "rl.group_size=2",
+         "rl.max_new_tokens=16", "rl.heldout_problems=4", "rl.eval_every=2", "rl.checkpoint_every=1",
+         "eval.problems=4", "eval.identity_questions=4")
 
 
 def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_server):
@@ -143,7 +147,6 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_result(tmp_path, prefect_ser
     (["curate", "/no/such/file.warc.gz"], "does not exist"),
     (["curate", "x.warc.gz", "curate.langauge.min_score=0.5"], "curate.langauge"),
     (["curate", "x.warc.gz", "curate.language.min_score=lots"], "curate.language.min_score"),
-    (["run", "--until", "rl"], "not built yet"),
     (["sft", "--data", "/no/such.jsonl"], "no such file"),
     (["dpo"], "no sft checkpoint"),
     (["run", "--until", "fly"], "unknown stage"),

@@ -19,7 +19,9 @@ from tests.test_posttrain import ANSWER, questions, world, write_jsonl  # noqa: 
 pytestmark = pytest.mark.slow
 FAST = ["sft.micro_batch=4", "sft.eval_batches=2", "sft.eval_every=2", "sft.checkpoint_every=2", "sft.max_steps=4",
         'sft.sample_prompts=["Tell me something about cats?"]', "dpo.micro_batch=4", "dpo.eval_batches=2",
-        "dpo.max_steps=2", "dpo.sample_prompts=[]"]
+        "dpo.max_steps=2", "dpo.sample_prompts=[]",
+        # the user's data alone: no answer-format, fact or identity rows, no "I don't know" pass
+        "rl.warmup_rows=0", "knowledge.facts=0", "assistant.identity_rows=0"]
 BAD_ROWS = ["{not json", {"prompt": "Hi"}, {"messages": [{"role": "robot", "content": "beep"}]},
             {"messages": [{"role": "user", "content": "Hi"}]}]
 

@@ -18,6 +18,7 @@ from flows.export import run_export
 from flows.pipeline import run_pipeline
 from flows.posttrain import SELF_PLAY_SHARE, run_dpo, run_sft
 from flows.pretrain import run_pretrain
+from flows.rl import run_rl
 from model import llamacpp
 from model.sampling import generate_text, newest_checkpoint
 from tasks.token_shards import is_val
@@ -40,7 +41,12 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
                                  "dpo.self_play_tokens=8",
                                  "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]",
                                  "export.eval_windows=4", "export.gen_tokens=8", "eval.val_windows=4",
-                                 "audit.canaries=3", "audit.regurgitation_prompts=4"], data_root=data_root)
+                                 "audit.canaries=3", "audit.regurgitation_prompts=4",
+                                 "rl.warmup_rows=16", "knowledge.facts=16", "knowledge.second_pass_steps=2",
+                                 "knowledge.probe_samples=2", "assistant.identity_rows=8", "rl.max_steps=2",
+                                 "rl.prompts_per_step=2", "rl.group_size=2", "rl.max_new_tokens=16",
+                                 "rl.heldout_problems=4", "rl.eval_every=2", "eval.problems=4",
+                                 "eval.identity_questions=4"], data_root=data_root)
     started = datetime.now(timezone.utc)
     result = run_pipeline([str(pages)], cfg, until="export", show_progress=False)
     summary = result.pretrain
@@ -63,18 +69,21 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
     for key in ("train_task-", "build_task-", "measure_task-"):
         assert [r.state_type.value for r in task_runs if r.task_key.startswith(key)] == ["COMPLETED"], key
     tuning = sorted(r.name.rsplit("-", 1)[0] for r in task_runs if r.task_key.split("-")[0] in (
-        "_train", "corpus_sft_data", "self_play_data") and r.state_type.value == "COMPLETED")
-    assert tuning == ["dpo", "self-play", "sft", "sft-data"]  # tuning ran as Prefect tasks too
+        "_train", "corpus_sft_data", "self_play_data", "assistant_data", "refusal_data", "grpo")
+        and r.state_type.value == "COMPLETED")
+    # tuning ran as Prefect tasks too; sft twice (then again after the "I don't know" probe)
+    assert tuning == ["assistant-data", "dpo", "grpo", "idk-probe", "self-play", "sft", "sft", "sft-data"]
 
     assert run_pretrain(cfg).no_op
-    assert newest_checkpoint(data_root) == result.dpo.checkpoint  # the last one written
+    assert newest_checkpoint(data_root) == result.rl.checkpoint  # the last one written
     text = generate_text(summary.checkpoint, "The ", max_new_tokens=8, temperature=0.0)
     assert isinstance(text, str) and text == generate_text(summary.checkpoint, "The ", max_new_tokens=8, temperature=0.0)
 
     check_tuning(cfg, result, client, data_root)
+    check_rl(cfg, result, client)
     check_eval(result, client)
     export = result.export
-    assert not export.no_op and export.checkpoint == result.dpo.checkpoint  # the tuned model is exported
+    assert not export.no_op and export.checkpoint == result.rl.checkpoint  # the tuned model is exported
     variants = {v["name"]: v for v in export.variants}
     assert list(variants) == ["torch-fp32", "hf", "torch-int8", "gguf-f16", "gguf-q8_0"]
     assert variants["gguf-q8_0"]["size_bytes"] < variants["gguf-f16"]["size_bytes"] < variants["torch-fp32"]["size_bytes"]
@@ -99,7 +108,10 @@ def check_tuning(cfg, result, client, data_root):
     in nested runs, counts that reconcile, samples before/after, no-op re-runs."""
     sft, dpo = result.sft, result.dpo
     assert sft.base == result.pretrain.checkpoint and dpo.base == sft.checkpoint
-    assert sft.checkpoint.name == "step-000004" and dpo.checkpoint.name == "step-000003"
+    # SFT's result is its "I don't know" pass, tuned from its first pass's last step
+    assert sft.checkpoint.parent.name == "idk" and sft.checkpoint.name == "step-000002"
+    assert json.loads((sft.checkpoint / "meta.json").read_text())["base"].endswith("step-000004")
+    assert dpo.checkpoint.name == "step-000003"
     for s in (sft, dpo):
         c = s.counts
         assert c["rows"] == c["examples"] + c["quarantined"] and c["examples"] == c["train"] + c["held_out"] > 1
@@ -110,8 +122,12 @@ def check_tuning(cfg, result, client, data_root):
             [f"{s.stage}/quarantine.jsonl", f"{s.stage}/samples.md"]
         assert [x["prompt"] for x in s.samples] == ["Hello"] and s.before["val/loss"] > 0
     losses = client.get_metric_history(sft.mlflow_run_id, "sft/loss")
-    assert [m.step for m in losses] == [1, 2, 3, 4]
-    assert [m.step for m in client.get_metric_history(sft.mlflow_run_id, "sft/eval_loss")] == [0, 2, 4]
+    assert [m.step for m in losses] == [1, 2, 3, 4, 5, 6]  # the second pass continues the curve
+    assert [m.step for m in client.get_metric_history(sft.mlflow_run_id, "sft/eval_loss")][:3] == [0, 2, 4]
+    sft_metrics = client.get_run(sft.mlflow_run_id).data.metrics
+    assert sft_metrics["sft/probe/probed"] == sft_metrics["sft/probe/known"] + sft_metrics["sft/probe/refusals"] > 0
+    for when in ("before", "after"):
+        assert 0 <= sft_metrics[f"sft/knowledge/{when}/untaught_made_up_rate"] <= 1
     accuracies = client.get_metric_history(dpo.mlflow_run_id, "eval/rewards/accuracies")
     assert [m.step for m in accuracies] == [0, 3] and accuracies[0].value == 0.0  # policy == reference: all ties
     assert client.get_metric_history(dpo.mlflow_run_id, "train/loss")[0].value == pytest.approx(0.6931, abs=1e-3)
@@ -123,22 +139,44 @@ def check_tuning(cfg, result, client, data_root):
     self_play = [t for d, t in docs if not is_val(d, 0.1) and is_val(f"{d}:self-play", SELF_PLAY_SHARE)]
     sft_rows = [json.loads(line) for line in sft.data.read_text().splitlines()]
     dpo_rows = [json.loads(line) for line in dpo.data.read_text().splitlines()]
-    assert len(sft_rows) == sft.counts["rows"] and len(dpo_rows) == dpo.counts["rows"]
-    assert not any(r["response"][:60] in t for r in sft_rows for t in val + self_play)
+    [assistant] = (data_root / "posttrain").glob("sft-assistant-*.jsonl")  # answer format, facts, identity
+    assert len(sft_rows) + len(assistant.read_text().splitlines()) == sft.counts["rows"]
+    assert len(dpo_rows) == dpo.counts["rows"]
+    sft_side = [t for d, t in docs if not is_val(d, 0.1) and not is_val(f"{d}:self-play", SELF_PLAY_SHARE)]
+    # every response comes from an SFT-side document (near-duplicate pages share a sentence now and then)
+    assert all(any(r["response"][:60] in t for t in sft_side) for r in sft_rows)
+    assert sum(any(r["response"][:60] in t for t in val + self_play) for r in sft_rows) <= len(sft_rows) // 10
     passages = [r["prompt"].split("\n", 1)[1][:60] for r in dpo_rows]
     assert all(any(p in t for t in self_play) for p in passages)
     assert all(r["chosen"] != r["rejected"] for r in dpo_rows)
     assert run_sft(cfg, sft.base).no_op and run_dpo(cfg, dpo.base).no_op
 
 
+def check_rl(cfg, result, client):
+    """rl after dpo: GRPO steps logged with the practitioners' names, held-out accuracy at 0 and the end."""
+    rl = result.rl
+    assert rl.base == result.dpo.checkpoint and rl.checkpoint.name == "step-000002" and not rl.no_op
+    run = client.get_run(rl.mlflow_run_id)
+    assert run.info.run_name == "rl" and run.data.tags["mlflow.parentRunId"] == result.mlflow_run_id
+    for key in ("rl/reward_mean", "rl/reward_std", "rl/completion_length", "rl/clip_ratio"):  # rl/kl: with rl.kl_beta > 0
+        assert [m.step for m in client.get_metric_history(rl.mlflow_run_id, key)] == [1, 2], key
+    assert [m.step for m in client.get_metric_history(rl.mlflow_run_id, "rl/accuracy_heldout")] == [0, 2]
+    assert {"rl/accuracy_heldout.png", "rl/samples.md"} <= {a.path for a in client.list_artifacts(rl.mlflow_run_id, "rl")}
+    assert run_rl(cfg, rl.base).no_op
+
+
 def check_eval(result, client):
     """The eval stage scored the tuned model; the planted canaries were curated, scrubbed, and probed."""
     metrics = result.eval.metrics
-    assert result.eval.checkpoint == result.dpo.checkpoint and 0 < metrics["eval/val_bpb"] < 20
+    assert result.eval.checkpoint == result.rl.checkpoint and 0 < metrics["eval/val_bpb"] < 20
+    for key in ("eval/arithmetic_accuracy", "eval/taught_accuracy", "eval/hallucination_rate", "eval/identity_rate"):
+        assert 0 <= metrics[key] <= 1, key
     assert 0 <= metrics["eval/reward_accuracy"] <= 1 and 0 <= metrics["audit/regurgitation_rate"] <= 1
     assert metrics["audit/canaries_in_warehouse"] == 0 and metrics["audit/canary_leaks"] == 0
     eval_set = json.loads(result.eval.eval_set.read_text())
     assert len(eval_set["canaries"]) == 3 and len(eval_set["texts"]) == 4 and len(eval_set["documents"]) == 4
+    assert len(eval_set["problems"]) == 4 and len(eval_set["identity"]["questions"]) == 4 and eval_set["facts"]
+    assert all(f["split"] == "eval" for f in eval_set["facts"])  # never the probed ones
     assert any("audit/canaries/pages" in i for i in result.inputs)  # planted in a copy, next to the real input
     logged = client.get_run(result.eval.mlflow_run_id).data.metrics
     assert logged["audit/canary_leaks"] == 0 and logged["eval/val_bpb"] == pytest.approx(metrics["eval/val_bpb"])

@@ -1,0 +1,121 @@
+"""The rl stage: GRPO on problems a program can check (model.grpo, model.verifiable), starting
+from the DPO model; the tuned model goes on to eval, export and register.
+
+    crawl2model rl [--base CKPT] [rl.max_steps=40 rl.group_size=8 ...]
+    crawl2model run                                  # ... -> dpo -> rl -> eval -> export -> register
+    from flows.rl import run_rl                      # environment prepared first
+    summary = run_rl(cfg)                            # base: the newest DPO checkpoint
+
+Problems: `rl.families` (built in: arithmetic, word problems; train and held-out split by a hash
+of each problem, so never overlapping) or `rl.data` (JSONL {"prompt", "answer"}, a hashed share
+held out; flows.assistant_data). Checkpoints go to `checkpoints/rl-<id>/step-NNNNNN/` (id: the
+base, the settings and the problems), `summary.json` last: a finished stage is a no-op on
+re-run, a killed one resumes. MLflow nested run `rl`: `rl/reward_mean`, `rl/reward_std`, `rl/kl`,
+`rl/completion_length`, `rl/clip_ratio` per step, `rl/accuracy_heldout` at step 0, every
+`rl.eval_every` steps and at the end; its curve as `rl/accuracy_heldout.png`; replies to the
+sample prompts before and after as `rl/samples.md`. `rl.max_steps=0` skips the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.context import get_run_context
+
+from crawl2model.config import Config, stable_hash
+from flows.assistant_data import USER_PROBLEMS_HELD_OUT, problem_split
+from flows.posttrain import MetricStream, TuneSummary, _write_jsonl, newest_of_stage, samples_table
+from flows.tracking import Tracking, flatten
+from tasks.bpe import file_sha256
+
+
+def accuracy_curve(history: list[dict]):
+    """Held-out accuracy by step (a matplotlib figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["rl/accuracy_heldout"]) for h in history if "rl/accuracy_heldout" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if points:
+        ax.plot(*zip(*points), "o-")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("rl: held-out problems solved (greedy)")
+    fig.tight_layout()
+    return fig
+
+
+def rl_settings(cfg: Config, base: Path, out: Path):
+    from model.grpo import RlConfig
+
+    values = cfg.rl.model_dump(mode="json", exclude={"warmup_rows"})
+    samples = [p.prompt for p in problem_split(cfg, "heldout", 2)]  # replies before and after, side by side
+    return RlConfig.from_dict({**values, "base": str(base), "out": str(out),
+                               "data": str(cfg.rl.data) if cfg.rl.data else None,
+                               "held_out_fraction": USER_PROBLEMS_HELD_OUT, "sample_prompts": samples})
+
+
+@task(name="grpo", cache_policy=NONE)
+def grpo(settings, stream: MetricStream) -> dict:
+    """GRPO in this process, every metric line streamed to MLflow."""
+    from model.grpo import run_rl
+
+    return run_rl(settings, log=stream)
+
+
+@flow(name="rl", log_prints=False)
+def rl_flow(cfg: Config, base: Path | None = None, parent_run_id: str | None = None) -> TuneSummary:
+    logger = get_run_logger()
+    base = Path(base) if base else newest_of_stage(cfg.data_root, "dpo")
+    if cfg.rl.max_steps == 0:
+        logger.info("rl: rl.max_steps=0, skipped; %s goes on", base)
+        return TuneSummary("rl", base, base, Path(), True, {}, {}, {})
+    data_sha = file_sha256(cfg.rl.data) if cfg.rl.data else None
+    key = stable_hash([str(base.resolve()), cfg.rl.fingerprint(), data_sha])
+    out = cfg.data_root / "checkpoints" / f"rl-{key[:12]}"
+    done = out / "summary.json"
+    if done.exists():
+        record = json.loads(done.read_text())
+        summary = TuneSummary(**{**record, "no_op": True})
+        for field in ("base", "checkpoint", "data"):
+            setattr(summary, field, Path(getattr(summary, field)))
+        logger.info("rl: nothing new, %s is done", summary.checkpoint)
+        return summary
+
+    settings = rl_settings(cfg, base, out)
+    tracking = Tracking(cfg.data_root, cfg.experiment)
+    with tracking.run("rl", parent_run_id, tags={"prefect.flow_run_id": str(get_run_context().flow_run.id),
+                                                 "stage": "rl", "base": str(base)}) as run_id:
+        tracking.log_params(run_id, {**flatten(cfg.rl.model_dump(mode="json"), "rl."), "base": str(base),
+                                     "checkpoints": str(out)})
+        stream = MetricStream("rl", tracking, run_id, cfg.rl.max_steps, out)
+        started = time.perf_counter()
+        grpo(settings, stream)
+        seconds = time.perf_counter() - started
+        first, before = stream.step_zero()
+        after = stream.replies.get(cfg.rl.max_steps, [])
+        prompts = list(settings.sample_prompts)
+        summary = TuneSummary("rl", base, out / f"step-{cfg.rl.max_steps:06d}", Path(cfg.rl.data or ""), False,
+                              stream.counts, first, stream.after,
+                              [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after)],
+                              seconds, run_id)
+        tracking.log_metrics(run_id, {"rl/seconds": seconds})
+        tracking.log_figure(run_id, accuracy_curve(stream.history), "rl/accuracy_heldout.png")
+        tracking.log_text(run_id, samples_table(prompts, before, after), "rl/samples.md")
+        logger.info("rl: held-out accuracy %.3f -> %.3f in %.0fs", first.get("rl/accuracy_heldout", float("nan")),
+                    stream.after.get("rl/accuracy_heldout", float("nan")), seconds)
+        record = {k: str(v) if isinstance(v, Path) else v for k, v in summary.__dict__.items() if k != "no_op"}
+        _write_jsonl(out, done.name, [record])  # last: marks the stage done
+    return summary
+
+
+def run_rl(cfg: Config, base: Path | None = None, parent_run_id: str | None = None) -> TuneSummary:
+    """GRPO of `base` (default: the newest DPO checkpoint) on verifiable problems."""
+    return rl_flow(cfg, base, parent_run_id)
