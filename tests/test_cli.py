@@ -53,9 +53,11 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert "tokenizer snap-" in first.stdout and "manifest.json" in first.stdout
     assert "pretrain: trained to step 4" in first.stdout and "crawl2model generate" in first.stdout
     assert "sft: tuned" in first.stdout and "dpo: tuned" in first.stdout and "before:" in first.stdout
+    assert "rl: tuned" in first.stdout and "rl/accuracy_heldout" in first.stdout
     assert "export" in first.stdout and "| gguf-q8_0 |" in first.stdout and "| torch-int8 |" in first.stdout
     assert "ollama create" in first.stdout
-    assert "eval: eval/val_bpb" in first.stdout and "registered as crawl2model version 1; promoted: no champion yet" in first.stdout
+    assert "eval: scored" in first.stdout and "eval/arithmetic_accuracy" in first.stdout
+    assert "registered as crawl2model version 1; promoted: no champion yet" in first.stdout
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()
     robots = con.execute("select url from rejections where reason = 'robots-disallowed'").fetchall()
@@ -70,7 +72,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     again = c2m("run", *SMALL, root=root,
                 env_extra={"PREFECT_API_URL": prefect_server})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing new") == 10  # curate, dedup, pii, tokenizer, pretrain, sft, dpo, eval, export, register
+    assert again.stdout.count("nothing new") == 11  # curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register
 
     funnel = c2m("warehouse", "funnel", root=root)
     assert funnel.returncode == 0 and "extract" in funnel.stdout and "quality" in funnel.stdout
