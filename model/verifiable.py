@@ -1,0 +1,251 @@
+"""Problems whose final answer a program checks: built-in families (multi-digit arithmetic, short
+word problems) generated from a seed, your own families (a generator plus an optional checker) or
+JSONL problems; the SFT warm-up rows that teach the answer format; greedy held-out accuracy.
+
+    from model.verifiable import problems, reward, warmup_rows, accuracy, register_family
+    train = problems(["arithmetic", "word_problems"], 512, seed=0, split="train")
+    held = problems(["arithmetic", "word_problems"], 64, seed=0, split="heldout")   # never in train
+    reward(completion, train[0])                    # 1.1 right, 0.1 well-formed but wrong, 0 malformed
+    rows = warmup_rows(["arithmetic"], 800, seed=0) # {"messages": [user, assistant]} for model.posttrain sft
+    accuracy(model, tokenizer, held, max_new_tokens=64)
+
+Answer format: a worked solution, then ONE last line `Answer: <final answer>` (FINAL_MARK). The
+built-in families ask for a sum or difference of two two-digit numbers; their solutions work
+column by column, right to left, each column line `top op bottom op carry=result`:
+
+    What is 47 + 38?            ones: 7+8+0=15          Compute 52 - 17.        ones: 12-7-0=5
+                                tens: 4+3+1=8                                   tens: 5-1-1=3
+                                Answer: 85                                      Answer: 35
+
+so a tiny model needs the one-digit tables and where each digit of the prompt is (this
+tokenizer keeps most digits one token each), not a two-digit table. Two digits because that is
+what the `small` preset learns within a demo's SFT budget (see the report in model.grpo); a
+harder family is a `register_family` away.
+
+final_answer() reads that line: None when the mark is missing, appears twice (no hedging) or is
+not on the last non-empty line, or nothing follows it; numbers are normalized ("1,234", "1 2 3 4"
+and "01234" are "1234"), other text is case-folded with single spaces and no trailing period.
+check() is the family's checker (default: normalized equality with the reference answer);
+reward() is 1 when right plus `format_reward` when well-formed (so 0, format_reward, 1 + it).
+
+Splits: a problem is held out when the sha256 of its worked solution (its prompt when it has
+none) falls below HELDOUT_FRACTION, so train and held-out never share a problem, for any seed,
+and one computation asked in two wordings stays on one side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from model.chat_data import PREVIEW_CHARS, _read
+
+FINAL_MARK = "Answer:"
+HELDOUT_FRACTION = 0.2   # of every family's problem space
+COLUMNS = ["ones", "tens", "hundreds", "thousands"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    answer: str
+    solution: str   # worked steps ending in the final-answer line; "" for problems given without one
+    family: str
+
+
+# ---------------------------------------------------------------- answers
+
+_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
+
+
+def normalize(answer: str) -> str:
+    """A canonical form: numbers without spaces, commas or leading zeros; other text case-folded,
+    single-spaced, without a trailing period."""
+    text = " ".join(str(answer).split()).rstrip(".").strip()
+    compact = text.replace(",", "").replace(" ", "")
+    if _NUMBER.fullmatch(compact):
+        if "." in compact:
+            return compact.rstrip("0").rstrip(".")
+        return str(int(compact))
+    return text.casefold()
+
+
+def final_answer(text: str) -> str | None:
+    """The normalized final answer of a completion; None when absent or malformed (see the module doc)."""
+    if text.count(FINAL_MARK) != 1:
+        return None
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    if not last.startswith(FINAL_MARK):
+        return None
+    value = normalize(last[len(FINAL_MARK):])
+    return value or None
+
+
+def _default_check(completion: str, problem: Problem) -> bool:
+    return final_answer(completion) == normalize(problem.answer)
+
+
+def check(completion: str, problem: Problem) -> bool:
+    """Whether the completion's final answer is right, by the problem's family checker."""
+    family = FAMILIES.get(problem.family)
+    return (family.check if family and family.check else _default_check)(completion, problem)
+
+
+def reward(completion: str, problem: Problem, format_reward: float = 0.1) -> float:
+    """1 when the answer checks, plus format_reward when the completion ends in one well-formed
+    final-answer line (right or wrong): a malformed reply earns nothing."""
+    return float(check(completion, problem)) + (format_reward if final_answer(completion) is not None else 0.0)
+
+
+# ---------------------------------------------------------------- built-in families
+
+def column_solution(a: int, op: str, b: int) -> str:
+    """Worked column addition or subtraction (a >= b) of non-negative integers, right to left,
+    ending in the answer line. A column line is `<column>: top op bottom op carry=result`, carry
+    the carry (or borrow) of the column before; a subtraction that borrows adds 10 to its top digit."""
+    width = len(str(max(a, b)))
+    if width > len(COLUMNS):
+        raise ValueError(f"column_solution works up to {len(COLUMNS)} digits, got {max(a, b)}")
+    digits_a, digits_b = str(a).zfill(width)[::-1], str(b).zfill(width)[::-1]
+    lines, carry = [], 0
+    for name, x, y in zip(COLUMNS, map(int, digits_a), map(int, digits_b)):
+        if op == "+":
+            lines.append(f"{name}: {x}+{y}+{carry}={x + y + carry}")
+            carry = (x + y + carry) // 10
+        else:
+            top = x + 10 if x - y - carry < 0 else x
+            lines.append(f"{name}: {top}-{y}-{carry}={top - y - carry}")
+            carry = int(top > x)
+    result = a + b if op == "+" else a - b
+    return "\n".join(lines + [f"{FINAL_MARK} {result}"])
+
+
+def _two_numbers(rng: random.Random) -> tuple[int, str, int]:
+    """(a, op, b): two-digit numbers, + or -, never a negative result."""
+    a, b, op = rng.randint(10, 99), rng.randint(10, 99), rng.choice("+-")
+    return (b, op, a) if op == "-" and b > a else (a, op, b)
+
+
+# Every prompt ends in the sum and one punctuation mark: the digits sit just before the reply.
+ARITHMETIC_PROMPTS = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.", "Work out {a} {op} {b}.")
+
+
+def arithmetic(rng: random.Random) -> Problem:
+    """Addition or subtraction of two-digit numbers."""
+    a, op, b = _two_numbers(rng)
+    prompt = rng.choice(ARITHMETIC_PROMPTS).format(a=a, op=op, b=b)
+    return Problem(prompt, str(a + b if op == "+" else a - b), column_solution(a, op, b), "arithmetic")
+
+
+NAMES = ("Ana", "Ben", "Carla", "Dev", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kemal", "Lena")
+ITEMS = ("apples", "stamps", "marbles", "books", "coins", "cards", "shells", "pencils")
+MORE = ("{name} has {a} {items} and gets {b} more. How many {items} does {name} have now?",
+        "{name} had {a} {items}. A friend gave {name} {b} more. How many {items} does {name} have?",
+        "There are {a} {items} in a box and {b} in a bag. How many {items} are there in all?")
+LESS = ("{name} has {a} {items} and gives away {b}. How many {items} are left?",
+        "{name} had {a} {items} and lost {b} of them. How many {items} does {name} have now?",
+        "A shop had {a} {items} and sold {b}. How many {items} does the shop have left?")
+
+
+def word_problem(rng: random.Random) -> Problem:
+    """A one-step story about gaining (+) or losing (-) a two-digit amount, worked like arithmetic."""
+    a, op, b = _two_numbers(rng)
+    template = rng.choice(MORE if op == "+" else LESS)
+    prompt = template.format(name=rng.choice(NAMES), items=rng.choice(ITEMS), a=a, b=b)
+    return Problem(prompt, str(a + b if op == "+" else a - b), column_solution(a, op, b), "word_problems")
+
+
+@dataclass(frozen=True)
+class Family:
+    generate: Callable[[random.Random], Problem]
+    check: Callable[[str, Problem], bool] | None = None   # None: normalized final-answer equality
+
+
+FAMILIES: dict[str, Family] = {"arithmetic": Family(arithmetic), "word_problems": Family(word_problem)}
+
+
+def register_family(name: str, generate: Callable[[random.Random], Problem], check=None) -> None:
+    """Add (or replace) a task family: `generate(rng)` returns a Problem whose family is `name`;
+    `check(completion, problem) -> bool` defaults to final-answer equality."""
+    FAMILIES[name] = Family(generate, check)
+
+
+# ---------------------------------------------------------------- splits
+
+def split_of(problem: Problem) -> str:
+    key = problem.solution or problem.prompt
+    score = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") / 2 ** 64
+    return "heldout" if score < HELDOUT_FRACTION else "train"
+
+
+def problems(families: list[str], n: int, seed: int, split: str) -> list[Problem]:
+    """n distinct problems of one split ("train" or "heldout"), the families taking turns; the
+    same arguments give the same list."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown task families {unknown}; known: {', '.join(FAMILIES)}")
+    rngs = {f: random.Random(f"{seed}:{split}:{f}") for f in families}  # a string seed hashes stably
+    found: list[Problem] = []
+    seen: set[str] = set()
+    misses = 0
+    while len(found) < n:
+        family = families[len(found) % len(families)]
+        problem = FAMILIES[family].generate(rngs[family])
+        if split_of(problem) == split and problem.prompt not in seen:
+            seen.add(problem.prompt)
+            found.append(problem)
+            misses = 0
+        else:
+            misses += 1
+            if misses > 10_000:
+                raise ValueError(f"family {family!r} yields no new {split} problem: its problem space is too small for n={n}")
+    return found
+
+
+def load_problems(path: str | Path) -> tuple[list[Problem], list[dict]]:
+    """(problems, quarantine) of a JSONL file of {"prompt": str, "answer": str | number} rows
+    (family "data", checked by final-answer equality); every row is one or the other."""
+    found, quarantine = [], []
+    for number, row, reason, raw in _read(Path(path)):
+        if reason is None:
+            prompt, answer = row.get("prompt"), row.get("answer")
+            if prompt is None or answer is None:
+                reason = "missing-field"
+            elif not isinstance(prompt, str) or not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+                reason = "wrong-type"
+            elif not prompt.strip() or not normalize(str(answer)):
+                reason = "empty-content"
+            else:
+                found.append(Problem(prompt.strip(), str(answer), "", "data"))
+                continue
+        preview = json.dumps(row, ensure_ascii=False)[:PREVIEW_CHARS] if row is not None else raw
+        quarantine.append({"line": number, "reason": reason, "preview": preview})
+    return found, quarantine
+
+
+# ---------------------------------------------------------------- SFT warm-up and accuracy
+
+def warmup_rows(families: list[str], n: int, seed: int) -> list[dict]:
+    """n SFT rows of train-split problems answered with their worked solution."""
+    return [{"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.solution}]}
+            for p in problems(families, n, seed, "train")]
+
+
+def accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: int, batch_size: int = 32) -> float:
+    """The share of problems whose greedy reply checks (0.0 for no problems)."""
+    from model.posttrain import reply  # model.posttrain imports much; only accuracy needs it
+
+    right = 0
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
+        replies = reply(model, tokenizer, [p.prompt for p in batch], max_new_tokens)
+        right += sum(check(text, p) for text, p in zip(replies, batch))
+    return right / len(problems) if problems else 0.0
