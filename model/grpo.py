@@ -26,6 +26,14 @@ update), every eval_every steps and the last step add "rl/accuracy_heldout" (gre
 sample_prompts). Checkpoints out/step-NNNNNN (model.posttrain._save) carry meta "kind": "rl",
 "base", "tokenizer", "rl" (this config), "train": {"manifest": the base's}; resume="auto" goes on
 from the latest one with the same rollouts and losses (bitwise on CPU).
+
+Measured on the `small` preset (2 shared CPU cores; SFT model at 31% greedy accuracy on 64
+held-out two-digit problems): a step of 8 prompts x 8 replies takes about 2 s uncontended.
+30 steps at lr 1e-5 and temperature 0.6 (the defaults) left held-out accuracy at 30-31%;
+lr 3e-5 to 5e-5 first dropped it to 19-20%, then back to 25-28% as the rate decayed. The loop
+does learn: on a pool of 14 train prompts seen again and again the mean reward went from 0.23
+to 0.5-0.6 in 24 steps. Generalizing that to held-out problems needs more steps than the
+pipeline's budget gives.
 """
 
 from __future__ import annotations
@@ -132,10 +140,10 @@ class RlConfig:
     max_steps: int = 30
     prompts_per_step: int = 8
     group_size: int = 8                  # replies sampled per prompt
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    max_new_tokens: int = 48
+    temperature: float = 0.6            # below 1: replies closer to the greedy one, more of them right
     top_k: int | None = None
-    lr: float = 1e-4
+    lr: float = 1e-5                     # 3e-5 and more shook the greedy answers of a small SFT model
     warmup_steps: int = 0
     min_lr_ratio: float = 1.0            # 1: constant after warmup
     schedule: str = "cosine"
@@ -153,7 +161,7 @@ class RlConfig:
     eval_every: int = 10
     checkpoint_every: int = 10
     seed: int = 0
-    sample_prompts: list | None = None   # user turns answered greedily at step 0 and at the end; None: two held-out problems
+    sample_prompts: list | None = None   # answered greedily at step 0 and at the end; None: two held-out prompts
     resume: str = "auto"                 # auto: the latest checkpoint in `out`; never: start over
     device: str = "auto"
 

@@ -19,8 +19,10 @@ column by column, right to left, each column line `top op bottom op carry=result
 
 so a tiny model needs the one-digit tables and where each digit of the prompt is (this
 tokenizer keeps most digits one token each), not a two-digit table. Two digits because that is
-what the `small` preset learns within a demo's SFT budget (see the report in model.grpo); a
-harder family is a `register_family` away.
+what the `small` preset learns in a few minutes of SFT: about 900 packed steps of these rows
+alone took the demo's pretrained model to 31% held-out accuracy; with three-digit operands or
+the word problems mixed in it stayed under 5% at 1100 steps. A harder family is a
+`register_family` away.
 
 final_answer() reads that line: None when the mark is missing, appears twice (no hedging) or is
 not on the last non-empty line, or nothing follows it; numbers are normalized ("1,234", "1 2 3 4"
@@ -133,7 +135,8 @@ def _two_numbers(rng: random.Random) -> tuple[int, str, int]:
 
 
 # Every prompt ends in the sum and one punctuation mark: the digits sit just before the reply.
-ARITHMETIC_PROMPTS = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.", "Work out {a} {op} {b}.")
+ARITHMETIC_PROMPTS = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.",
+                      "Work out {a} {op} {b}.")
 
 
 def arithmetic(rng: random.Random) -> Problem:
@@ -206,7 +209,8 @@ def problems(families: list[str], n: int, seed: int, split: str) -> list[Problem
         else:
             misses += 1
             if misses > 10_000:
-                raise ValueError(f"family {family!r} yields no new {split} problem: its problem space is too small for n={n}")
+                raise ValueError(f"family {family!r} yields no new {split} problem: "
+                                 f"its problem space is too small for n={n}")
     return found
 
 

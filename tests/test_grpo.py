@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from model.checkpoint import latest_checkpoint
 from model.grpo import RlConfig, collate, group_advantages, grpo_loss, run_rl
 from model.hf import tokenizer_folder
+from model.posttrain import reply
 from model.sampling import load_model
 from model.verifiable import FAMILIES, Problem, register_family
 from tests.test_posttrain import SUBJECTS, one_thread, world  # noqa: F401 - fixtures
@@ -105,8 +106,10 @@ def test_a_few_steps_raise_the_reward_of_a_learnable_task(world, tmp_path):
     ckpt = latest_checkpoint(tmp_path / "rl")
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["kind"] == "rl" and meta["step"] == 12 and meta["rl"]["lr"] == 2e-2
-    assert meta["train"]["manifest"] == str(world["manifest"]) and tokenizer_folder(ckpt) == tokenizer_folder(world["base"])
-    model, _ = load_model(ckpt)                                # a plain checkpoint for the exporters
+    assert meta["train"]["manifest"] == str(world["manifest"])
+    assert tokenizer_folder(ckpt) == tokenizer_folder(world["base"])
+    model, _ = load_model(ckpt)                                # a plain checkpoint, holding the tuned weights
+    assert reply(model, world["tokenizer"], FAST["sample_prompts"], FAST["max_new_tokens"]) == last["samples"]
 
 
 def test_kl_is_measured_against_the_frozen_base(world, tmp_path):
