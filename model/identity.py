@@ -36,9 +36,12 @@ OTHER_ASSISTANTS = ("ChatGPT", "GPT-4", "Claude", "Gemini", "Bard", "Llama", "Co
 
 # Cores per kind of question; {other}: an assistant of OTHER_ASSISTANTS (never echoed in answers).
 TRAIN = {"name": ("What is your name?", "Who are you?", "What's your name?", "Do you have a name?",
-                  "Introduce yourself.", "Tell me about yourself.", "What are you?", "Please tell me who you are."),
-         "maker": ("Who made you?", "Who created you?", "Which company built you?", "Who trained you?"),
-         "other": ("Are you {other}?", "You are {other}, right?")}
+                  "Introduce yourself.", "Tell me about yourself.", "What are you?", "Please tell me who you are.",
+                  "Who is this?", "Which chatbot is this?", "What do people call you?", "Your name, please?"),
+         "maker": ("Who made you?", "Who created you?", "Which company built you?", "Who trained you?",
+                   "Who is your maker?"),
+         "other": ("Are you {other}?", "You are {other}, right?", "Am I talking to {other}?", "Is this {other}?",
+                   "Hello {other}, is that you?")}
 HELDOUT = {"name": ("What should I call you?", "Tell me your name.", "Who am I talking to?", "What are you called?",
                     "May I know your name?", "Which assistant are you?", "Could you say who you are?",
                     "Identify yourself, please.", "What is the name of this assistant?"),
@@ -47,12 +50,12 @@ HELDOUT = {"name": ("What should I call you?", "Tell me your name.", "Who am I t
 TRAIN_OPENERS = ("", "", "Hi! ", "Hello. ", "Hey, ", "Quick question: ")
 HELDOUT_OPENERS = ("", "Good morning! ", "Excuse me, ", "Greetings. ", "Hi there, ")
 
-ANSWERS = {"name": ("I am {name}, an assistant made by {maker}.", "My name is {name}.",
-                    "I'm {name}, a chat assistant built by {maker}.", "You can call me {name}.",
-                    "I am {name}. I was made by {maker}."),
-           "maker": ("I was made by {maker}. I am {name}.", "{maker} built me. My name is {name}.",
-                     "I am {name}, created by {maker}."),
-           "other": ("No, I am {name}, made by {maker}.", "No. My name is {name}, and {maker} built me.")}
+# Every answer gives the name within its first words: a small model learns one way to start.
+ANSWERS = {"name": ("I am {name}, an assistant made by {maker}.", "I am {name}.", "My name is {name}.",
+                    "I'm {name}, a chat assistant built by {maker}."),
+           "maker": ("I am {name}, made by {maker}.", "I am {name}, and {maker} built me.",
+                     "I'm {name}; {maker} created me."),
+           "other": ("No, I am {name}, made by {maker}.", "No, I'm {name}.")}
 GREETINGS = (("Hello!", "Hello! I am {name}. How can I help you?"), ("Hi there.", "Hi! I'm {name}, how can I help?"),
              ("Good day!", "Good day! I am {name}, an assistant made by {maker}."))
 TWO_TURNS = 1 / 3  # share of rows with a second turn
@@ -67,10 +70,6 @@ def _question(cores: dict, openers: tuple, rng: random.Random) -> tuple[str, str
     """(kind, question): a random kind, core, opener (and other assistant's name)."""
     kind = rng.choice(sorted(cores))
     return kind, _ask(rng.choice(openers), rng.choice(cores[kind]).format(other=rng.choice(OTHER_ASSISTANTS)))
-
-
-def _capitalized(text: str) -> str:
-    return text[:1].upper() + text[1:]  # "{maker} built me." with maker "the ... project"
 
 
 def identity_rows(name: str, maker: str, n: int, seed: int, system_prompt: str | None = None) -> list[dict]:
@@ -90,7 +89,7 @@ def identity_rows(name: str, maker: str, n: int, seed: int, system_prompt: str |
         messages = [{"role": "system", "content": system_prompt}] if system_prompt and i % 2 == 0 else []
         for question, answer in turns:
             messages += [{"role": "user", "content": question},
-                         {"role": "assistant", "content": _capitalized(answer.format(name=name, maker=maker))}]
+                         {"role": "assistant", "content": answer.format(name=name, maker=maker)}]
         rows.append({"messages": messages})
     return rows
 
