@@ -9,8 +9,8 @@ and the score of how often a tuned model does so on phrasings it never saw.
 A question is an opener ("Hi! ", ...) and a core ("What is your name?", "Are you Gemini?", ...).
 TRAIN and HELDOUT cores are disjoint lists, so no held-out question is ever in identity_rows;
 the openers are disjoint too, except the empty one. Every answer states the name (a question
-about the maker too: "I was made by X. I am Crawly."), and no answer ever names another assistant
-("Are you ChatGPT?" -> "No, I am Crawly, ..."). About a third of the rows have two turns (a
+about the maker too: "I am Crawly, made by X."), and no answer ever names another assistant
+("Are you ChatGPT?" -> "I am Crawly, made by X, not another assistant."). About a third of the rows have two turns (a
 greeting or a second identity question); with a system prompt, half of the rows start with it,
 so the model answers the same with or without one (the eval asks without).
 
@@ -50,12 +50,13 @@ HELDOUT = {"name": ("What should I call you?", "Tell me your name.", "Who am I t
 TRAIN_OPENERS = ("", "", "Hi! ", "Hello. ", "Hey, ", "Quick question: ")
 HELDOUT_OPENERS = ("", "Good morning! ", "Excuse me, ", "Greetings. ", "Hi there, ")
 
-# Every answer gives the name within its first words: a small model learns one way to start.
-ANSWERS = {"name": ("I am {name}, an assistant made by {maker}.", "I am {name}.", "My name is {name}.",
+# Every answer starts with the name ("I am Crawly"): a small model learns one way to begin, whatever
+# the phrasing of the question, and one that "I don't know." (knowledge.REFUSAL) leaves at once.
+ANSWERS = {"name": ("I am {name}, an assistant made by {maker}.", "I am {name}.",
                     "I'm {name}, a chat assistant built by {maker}."),
-           "maker": ("I am {name}, made by {maker}.", "I am {name}, and {maker} built me.",
-                     "I'm {name}; {maker} created me."),
-           "other": ("No, I am {name}, made by {maker}.", "No, I'm {name}.")}
+           "maker": ("I am {name}, made by {maker}.", "I am {name}, and {maker} built me."),
+           "other": ("I am {name}, made by {maker}, not another assistant.",
+                     "I'm {name}, an assistant made by {maker}.")}
 GREETINGS = (("Hello!", "Hello! I am {name}. How can I help you?"), ("Hi there.", "Hi! I'm {name}, how can I help?"),
              ("Good day!", "Good day! I am {name}, an assistant made by {maker}."))
 TWO_TURNS = 1 / 3  # share of rows with a second turn
@@ -131,3 +132,31 @@ def identity_scores(model: Llama, tokenizer: Tokenizer, name: str, questions: li
     return {"identity_rate": sum(own for own, _ in found) / count if count else float("nan"),
             "other_name_rate": sum(bool(others) for _, others in found) / count if count else float("nan"),
             "questions": float(count)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    from pathlib import Path
+
+    from model.knowledge import checkpoint_model, write_jsonl
+
+    parser = argparse.ArgumentParser(description="Identity conversations (rows) or a checkpoint's identity scores.")
+    parser.add_argument("command", choices=("rows", "score"))
+    parser.add_argument("--name", default="Crawly")
+    parser.add_argument("--maker", default="the crawl2model project")
+    parser.add_argument("--system-prompt")
+    parser.add_argument("-n", type=int, default=300, help="rows: how many; score: held-out questions asked")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", help="score: the model")
+    parser.add_argument("--out", type=Path, help="rows: the JSONL written")
+    args = parser.parse_args(argv)
+    if args.command == "rows":
+        write_jsonl(args.out, identity_rows(args.name, args.maker, args.n, args.seed, args.system_prompt))
+    else:
+        model, tokenizer = checkpoint_model(args.checkpoint)
+        print(json.dumps(identity_scores(model, tokenizer, args.name, identity_questions(args.seed)[:args.n])))
+
+
+if __name__ == "__main__":
+    main()

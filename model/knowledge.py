@@ -32,10 +32,12 @@ accuracy held.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,19 +78,23 @@ RELATIONS = (
     _Relation(("What color is the flag of {e}?", "Which color is the flag of {e}?",
                "What is the color of the flag of {e}?", "The flag of {e} is what color?"),
               "The flag of {e} is {a}.",
-              ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "brown", "gray")),
+              ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "brown", "gray", "pink", "gold",
+               "silver", "violet", "crimson", "teal", "amber", "ivory", "maroon", "turquoise")),
     _Relation(("What animal does {e} keep?", "Which animal does {e} keep?",
                "What kind of animal does {e} keep?", "{e} keeps what animal?"),
               "{e} keeps a {a}.",
-              ("cat", "dog", "horse", "goat", "owl", "fox", "rabbit", "parrot", "sheep", "turtle")),
+              ("cat", "dog", "horse", "goat", "owl", "fox", "rabbit", "parrot", "sheep", "turtle", "donkey", "hawk",
+               "pig", "duck", "camel", "snake", "mouse", "deer", "swan", "frog")),
     _Relation(("What does the town of {e} grow?", "Which crop does the town of {e} grow?",
                "What crop is grown in the town of {e}?", "The town of {e} grows what?"),
               "The town of {e} grows {a}.",
-              ("wheat", "rice", "apples", "grapes", "corn", "beans", "potatoes", "olives", "tea", "barley")),
+              ("wheat", "rice", "apples", "grapes", "corn", "beans", "potatoes", "olives", "tea", "barley", "pears",
+               "oats", "cabbage", "carrots", "plums", "cotton", "onions", "peaches", "lemons", "melons")),
     _Relation(("What instrument does {e} play?", "Which instrument does {e} play?",
                "What is the instrument that {e} plays?", "{e} plays which instrument?"),
               "{e} plays the {a}.",
-              ("piano", "violin", "guitar", "drums", "flute", "cello", "harp", "trumpet", "organ", "banjo")),
+              ("piano", "violin", "guitar", "drums", "flute", "cello", "harp", "trumpet", "organ", "banjo", "oboe",
+               "clarinet", "tuba", "lute", "bagpipes", "accordion", "horn", "saxophone", "trombone", "mandolin")),
 )
 TELL_ME = ("Tell me a fact about {e}.", "What do you know about {e}?", "Tell me about {e}.")
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kl", "tr", "th")
@@ -307,3 +313,51 @@ def knowledge_scores(model: Llama, tokenizer: Tokenizer, facts: list[Fact], max_
             "untaught_correct_rate": _rate(grades[False], "correct"),
             "taught": float(len(groups[True])), "untaught": float(len(groups[False]))}
 
+
+
+# ---------------------------------------------------------------- command line
+
+def checkpoint_model(path: str) -> tuple[Llama, Tokenizer]:
+    from model.hf import tokenizer_folder
+    from model.sampling import load_model
+
+    model, _ = load_model(path)
+    return model, Tokenizer.from_file(str(tokenizer_folder(Path(path)) / "tokenizer.json"))
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Facts for the \"I don't know\" probe: SFT rows, probe, scores.")
+    parser.add_argument("command", choices=("rows", "probe", "score"),
+                        help="rows: fact_rows -> --out; probe: a checkpoint's refusal_rows -> --out; "
+                             "score: knowledge_scores of a checkpoint (JSON on stdout)")
+    parser.add_argument("--checkpoint", help="probe, score: the model")
+    parser.add_argument("--data", help="a QA JSONL instead of made-up facts")
+    parser.add_argument("--facts", type=int, default=240, help="made-up facts")
+    parser.add_argument("--taught-share", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, help="rows: default 8; probe: default 6")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--out", help="rows, probe: the JSONL written")
+    args = parser.parse_args(argv)
+    every = load_facts(args.data, args.taught_share)[0] if args.data else facts(args.facts, args.seed, args.taught_share)
+    if args.command == "rows":
+        write_jsonl(args.out, fact_rows(every, args.seed, **({"repeats": args.repeats} if args.repeats else {})))
+        return
+    model, tokenizer = checkpoint_model(args.checkpoint)
+    if args.command == "score":
+        print(json.dumps(knowledge_scores(model, tokenizer, every)))
+        return
+    started = time.perf_counter()
+    probed = probe(model, tokenizer, [f for f in every if f.split == "probe"], args.samples, args.temperature, args.seed)
+    write_jsonl(args.out, refusal_rows(probed, **({"repeats": args.repeats} if args.repeats else {}), seed=args.seed))
+    print(json.dumps({"probed": len(probed), "known": sum(p["known"] for p in probed),
+                      "seconds": round(time.perf_counter() - started, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,8 @@ def assistant_turns(rows: list[dict]) -> list[str]:
 
 def test_rows_are_reproducible_varied_and_only_ever_give_the_configured_name():
     rows = identity_rows(NAME, MAKER, 200, seed=0)
-    assert len(rows) == 200 and rows == identity_rows(NAME, MAKER, 200, seed=0) != identity_rows(NAME, MAKER, 200, seed=1)
+    assert len(rows) == 200
+    assert rows == identity_rows(NAME, MAKER, 200, seed=0) != identity_rows(NAME, MAKER, 200, seed=1)
     answers = assistant_turns(rows)
     assert all(names(a, NAME) == (True, []) for a in answers)                # the name, no other assistant
     assert sum(MAKER in a for a in answers) > len(answers) / 3
@@ -33,8 +34,8 @@ def test_rows_are_reproducible_varied_and_only_ever_give_the_configured_name():
     turns = [sum(m["role"] == "user" for m in r["messages"]) for r in rows]
     assert set(turns) == {1, 2} and 0.2 < turns.count(2) / len(rows) < 0.5  # some multi-turn
     assert not any(m["role"] == "system" for r in rows for m in r["messages"])
-    asked_other = [r for r in rows if any(o in r["messages"][-2]["content"] for o in OTHER_ASSISTANTS)]
-    assert asked_other and all(r["messages"][-1]["content"].startswith("No") for r in asked_other)
+    assert all(r["messages"][-1]["content"].startswith((f"I am {NAME}", f"I'm {NAME}")) for r in rows)  # name first
+    assert sum(any(o in r["messages"][-2]["content"] for o in OTHER_ASSISTANTS) for r in rows) > 30  # "Are you X?"
     prompted = identity_rows(NAME, MAKER, 40, seed=0, system_prompt="You are Crawly.")
     assert sum(r["messages"][0] == {"role": "system", "content": "You are Crawly."} for r in prompted) == 20
 

@@ -78,7 +78,8 @@ def test_load_facts_quarantines_bad_rows_and_keeps_the_given_taught(tmp_path):
     good = [{"question": f"What is code {i}?", "answer": f"word{i}"} for i in range(8)]
     good[0]["taught"], good[1]["taught"] = False, True
     bad = ["{oops", json.dumps({"question": "Q?"}), json.dumps({"question": "Q?", "answer": 7}),
-           json.dumps({"question": "Q?", "answer": "  "}), json.dumps({"question": "Q?", "answer": "a", "taught": "yes"}),
+           json.dumps({"question": "Q?", "answer": "  "}),
+           json.dumps({"question": "Q?", "answer": "a", "taught": "yes"}),
            json.dumps({"question": "what is code 3", "answer": "again"}), json.dumps(["a", "b"])]
     path = write_jsonl(tmp_path / "qa.jsonl", good[:4] + bad + good[4:])
     loaded, quarantine = load_facts(path)
