@@ -11,7 +11,7 @@
     crawl2model export [--format hf,gguf,torch] [--quant q8_0,q4_k_m,int4] | import-hf FOLDER
     crawl2model models list | show [VERSION] | promote VERSION | generate "prompt" [--alias champion]
     crawl2model chat [--checkpoint DIR | --alias champion | --gguf FILE] | serve [--alias champion | --gguf FILE]
-    crawl2model ui [--prefect-port 4200 --mlflow-port 5000]   # both UIs over the data root; Ctrl-C stops both
+    crawl2model ui [--prefect-port 4200 --mlflow-port 5000] [--auth]   # both UIs over the data root; Ctrl-C stops both
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -589,13 +589,16 @@ def ui(
     ctx: typer.Context,
     prefect_port: int = typer.Option(4200, "--prefect-port", help="Port of the Prefect UI and API on 127.0.0.1."),
     mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow UI on 127.0.0.1."),
+    auth: Optional[bool] = typer.Option(
+        None, "--auth/--no-auth", show_default="on when MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD and "
+        "PREFECT_API_AUTH_STRING are set", help="Both servers refuse requests without those credentials."),
 ) -> None:
     """Prefect and MLflow UIs over the data root (every run made so far); Ctrl-C stops both."""
     cfg = _config(ctx, [])
-    from flows.servers import ServerError, serve_uis
+    from flows.servers import ServerError, resolve_auth, serve_uis
 
     try:
-        serve_uis(cfg.data_root, prefect_port, mlflow_port)
+        serve_uis(cfg.data_root, prefect_port, mlflow_port, auth=resolve_auth(auth))
     except ServerError as exc:
         fail(str(exc), code=1)
 

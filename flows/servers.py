@@ -1,9 +1,20 @@
 """A real Prefect server and MLflow server over one data root: the logic of `crawl2model ui`.
 
-    from flows.servers import serve_uis, start_servers
+    from flows.servers import Credentials, serve_uis, start_servers
     serve_uis(Path("c2m-data"))                  # prints both URLs, blocks; Ctrl-C stops both
     with start_servers(root, 4200, 5000) as (prefect_url, mlflow_url):
         ...                                      # both answer HTTP here; stopped on leaving
+    with start_servers(root, 4200, 5000, auth=Credentials.from_env()):
+        ...                                      # both refuse requests without the credentials
+
+Authentication (`crawl2model ui --auth`, and by default whenever the credentials are set): the
+clients' variables MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD and PREFECT_API_AUTH_STRING
+also configure the servers, so one set of variables serves the UIs and every run. MLflow runs its
+basic-auth app (`--app-name basic-auth`, needs `pip install 'crawl2model[auth]'`): the username
+and password become its admin user at the first start (MLFLOW_AUTH_ADMIN_USERNAME/_PASSWORD), the
+user store is `<root>/mlflow-auth.db`, the config `<root>/mlflow-auth.ini` holds no secret.
+Prefect checks PREFECT_SERVER_API_AUTH_STRING (set to PREFECT_API_AUTH_STRING). The health
+endpoints stay open. Secrets reach the servers through their environment only, never a file.
 
 They open the stores that embedded runs write (crawl2model.runtime): Prefect's database under
 `PREFECT_HOME=<root>/prefect` and MLflow's `sqlite:///<root>/mlflow.db` with artifacts in
@@ -15,7 +26,9 @@ Their output goes to `<root>/logs/prefect-server.log` and `<root>/logs/mlflow-se
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,14 +37,67 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 STOP_GRACE_S = 10.0
 
+# What the clients read (MLflow's REST client, Prefect's settings); subprocesses inherit them.
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
+# What turns the servers' authentication on: set only from Credentials, never inherited, so a
+# server started without auth has none even if the shell happens to carry these.
+SERVER_AUTH_VARS = ("PREFECT_SERVER_API_AUTH_STRING", "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME",
+                    "MLFLOW_AUTH_ADMIN_PASSWORD")
+MLFLOW_MIN_PASSWORD = 12  # mlflow.utils.validation._validate_password: the auth app refuses shorter ones
+
 
 class ServerError(RuntimeError):
-    """A server that cannot start (port taken, process exited, no answer in time)."""
+    """A server that cannot start (port taken, process exited, no answer in time, bad credentials)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One MLflow user (the auth app's admin) and Prefect's auth string; secrets kept out of repr."""
+
+    mlflow_username: str
+    mlflow_password: str = field(repr=False)
+    prefect_auth_string: str = field(repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Credentials | None":
+        """The credentials of CREDENTIAL_VARS, None when none is set; a partial or unusable set is an error."""
+        env = os.environ if environ is None else environ
+        values = {name: env.get(name, "") for name in CREDENTIAL_VARS}
+        if not any(values.values()):
+            return None
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ServerError(f"authentication needs all of {', '.join(CREDENTIAL_VARS)}; not set: {', '.join(missing)}")
+        user, password, auth_string = values.values()
+        if len(password) < MLFLOW_MIN_PASSWORD:
+            raise ServerError(f"MLFLOW_TRACKING_PASSWORD is {len(password)} characters; MLflow's auth app needs at "
+                              f"least {MLFLOW_MIN_PASSWORD}")
+        if ":" in user:
+            raise ServerError("MLFLOW_TRACKING_USERNAME must not contain ':' (HTTP basic auth separates user and "
+                              "password with it)")
+        return cls(user, password, auth_string)
+
+
+def resolve_auth(flag: bool | None, environ: Mapping[str, str] | None = None) -> Credentials | None:
+    """`--auth` (True), `--no-auth` (False) or neither (None: on exactly when the credentials are set)."""
+    if flag is False:
+        return None
+    creds = Credentials.from_env(environ)
+    if flag and creds is None:
+        raise ServerError(f"--auth takes the credentials from the environment: set {', '.join(CREDENTIAL_VARS)} "
+                          "(e.g. from a chmod 600 env file; see deploy/env.example)")
+    return creds
+
+
+def basic_auth_header(user_pass: str) -> str:
+    """The Authorization header value for 'user:password' (what both clients send)."""
+    return "Basic " + base64.b64encode(user_pass.encode("utf-8")).decode("ascii")
 
 
 def _bin(name: str) -> str:
@@ -58,8 +124,33 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _server_env(root: Path, prefect_url: str) -> dict[str, str]:
-    env = dict(os.environ)
+def write_mlflow_auth_config(root: Path) -> Path:
+    """The basic-auth app's config for this data root: its user store and defaults, no secret
+    (the admin's name and password come from the environment at the first start)."""
+    path = root / "mlflow-auth.ini"
+    path.write_text(
+        "# Written by crawl2model (flows/servers.py) for `mlflow server --app-name basic-auth`; no secrets here.\n"
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'mlflow-auth.db'}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "# a password check is a PBKDF2 hash (about a second of CPU): cache a good one for 5 minutes\n"
+        "# (one worker, so a password change through the API takes effect at once)\n"
+        "auth_cache_ttl_seconds = 300\n",
+        encoding="utf-8")
+    return path
+
+
+def _server_env(root: Path, prefect_url: str, name: str = "", auth: Credentials | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SERVER_AUTH_VARS}
+    if auth is not None and name == "prefect":
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth.prefect_auth_string
+    if auth is not None and name == "mlflow":
+        env.update({"MLFLOW_AUTH_CONFIG_PATH": str(write_mlflow_auth_config(root)),
+                    "MLFLOW_AUTH_ADMIN_USERNAME": auth.mlflow_username,
+                    "MLFLOW_AUTH_ADMIN_PASSWORD": auth.mlflow_password})
+        # the auth app's CSRF key (its sign-up form only): the user's if set, else one per start
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))
     env.update({
         "PREFECT_HOME": str(root / "prefect"),  # the embedded runs' database: <root>/prefect/prefect.db
         "PREFECT_API_URL": prefect_url,
@@ -73,13 +164,14 @@ def _server_env(root: Path, prefect_url: str) -> dict[str, str]:
     return env
 
 
-def _commands(root: Path, prefect_port: int, mlflow_port: int) -> dict[str, list[str]]:
+def _commands(root: Path, prefect_port: int, mlflow_port: int, auth: bool = False) -> dict[str, list[str]]:
+    app = ["--app-name", "basic-auth"] if auth else []
     return {
         "prefect": [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
         "mlflow": [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                    "--default-artifact-root", str(root / "mlartifacts"),
-                   "--artifacts-destination", str(root / "mlartifacts")],  # else ./mlartifacts of the cwd
+                   "--artifacts-destination", str(root / "mlartifacts"), *app],  # else ./mlartifacts of the cwd
     }
 
 
@@ -151,11 +243,37 @@ def _wait_healthy(procs: dict[str, subprocess.Popen], urls: dict[str, str], logs
             time.sleep(0.5)
 
 
+def _check_credentials(prefect_url: str, mlflow_url: str, auth: Credentials, root: Path) -> None:
+    """Both servers accept the credentials on a protected endpoint; else a ServerError that says why."""
+    checks = {
+        "Prefect": (prefect_url + "/api/admin/version", auth.prefect_auth_string, "PREFECT_API_AUTH_STRING"),
+        "MLflow": (mlflow_url + "/api/2.0/mlflow/users/current", f"{auth.mlflow_username}:{auth.mlflow_password}",
+                   "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"),
+    }
+    for name, (url, user_pass, variables) in checks.items():
+        req = urllib.request.Request(url, headers={"Authorization": basic_auth_header(user_pass)})
+        try:
+            with urllib.request.urlopen(req, timeout=60):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                raise ServerError(f"the {name} server answered {url} with HTTP {exc.code}") from None
+            if name == "Prefect":
+                raise ServerError(f"the Prefect server refuses {variables} (HTTP 401)") from None
+            raise ServerError(
+                f"the MLflow server refuses user {auth.mlflow_username!r} with MLFLOW_TRACKING_PASSWORD (HTTP 401): "
+                f"its user store {root / 'mlflow-auth.db'} holds that user with another password (the admin is "
+                "created at the first start with auth only). Use that password, change it in the MLflow UI or "
+                "through its users/update-password API, or delete the file to start over (its users and "
+                "permissions are lost; runs and models are not)") from None
+
+
 @contextmanager
-def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
-                  timeout: float = 180.0) -> Iterator[tuple[str, str]]:
+def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 180.0,
+                  auth: Credentials | None = None) -> Iterator[tuple[str, str]]:
     """Start both servers over `root`, wait until both answer HTTP, yield (Prefect URL, MLflow URL);
-    both process groups are stopped on leaving, whatever happened inside."""
+    both process groups are stopped on leaving, whatever happened inside. With `auth`, both
+    refuse requests without those credentials, and both are checked to accept them before the yield."""
     root = Path(root).expanduser().resolve()
     for name, port in (("Prefect", prefect_port), ("MLflow", mlflow_port)):
         if not port_free(port):
@@ -163,6 +281,11 @@ def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
                               f"(crawl2model ui --prefect-port N --mlflow-port M)")
     if prefect_port == mlflow_port:
         raise ServerError(f"Prefect and MLflow need two ports, both were given {prefect_port}")
+    if auth is not None:
+        try:
+            import flask_wtf  # noqa: F401 - MLflow's basic-auth app needs it and says so only in its log
+        except ImportError:
+            raise ServerError("MLflow's basic-auth app needs Flask-WTF: pip install 'crawl2model[auth]'") from None
     (root / "prefect").mkdir(parents=True, exist_ok=True)
     (root / "mlartifacts").mkdir(parents=True, exist_ok=True)
     log_dir = root / "logs"
@@ -170,23 +293,25 @@ def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
 
     prefect_url = f"http://127.0.0.1:{prefect_port}"
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-    env = _server_env(root, prefect_url + "/api")
-    health = {"prefect": prefect_url + "/api/health", "mlflow": mlflow_url + "/health"}
+    health = {"prefect": prefect_url + "/api/health", "mlflow": mlflow_url + "/health"}  # open with auth too
     logs = {name: log_dir / f"{name}-server.log" for name in health}
     procs: dict[str, subprocess.Popen] = {}
     try:
-        for name, cmd in _commands(root, prefect_port, mlflow_port).items():
+        for name, cmd in _commands(root, prefect_port, mlflow_port, auth is not None).items():
+            env = _server_env(root, prefect_url + "/api", name, auth)
             with logs[name].open("ab") as log:
                 procs[name] = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                                stderr=subprocess.STDOUT, start_new_session=True)
         _wait_healthy(procs, health, logs, timeout)
+        if auth is not None:
+            _check_credentials(prefect_url, mlflow_url, auth, root)
         yield prefect_url, mlflow_url
     finally:
         for proc in procs.values():
             _stop(proc)
 
 
-def serve_uis(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
+def serve_uis(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, auth: Credentials | None = None) -> None:
     """Both UIs over the data root until Ctrl-C or SIGTERM; then both servers are stopped."""
     def _terminate(signum, frame):  # SIGTERM (kill, systemd, docker stop) ends like Ctrl-C
         raise KeyboardInterrupt
@@ -194,8 +319,14 @@ def serve_uis(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000) -> 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         print(f"starting Prefect and MLflow over {Path(root).resolve()} ...", flush=True)
-        with start_servers(root, prefect_port, mlflow_port) as (prefect_url, mlflow_url):
-            print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n"
+        with start_servers(root, prefect_port, mlflow_port, auth=auth) as (prefect_url, mlflow_url):
+            if auth is None:
+                access = ("authentication: off (set " + ", ".join(CREDENTIAL_VARS) + " or pass --auth to turn it on; "
+                          "anyone on this machine can reach 127.0.0.1)")
+            else:
+                access = (f"authentication: on (MLflow user {auth.mlflow_username!r}, Prefect's auth string: "
+                          "runs in this environment send both)")
+            print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n{access}\n"
                   f"runs: export PREFECT_API_URL={prefect_url}/api MLFLOW_TRACKING_URI={mlflow_url}\n"
                   "Ctrl-C stops both.", flush=True)
             ports = {"Prefect": prefect_port, "MLflow": mlflow_port}

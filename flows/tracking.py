@@ -8,12 +8,15 @@
 
 MLflow's "active run" is per thread, so nothing here uses it: every call names its run id and
 works the same from the flow, a worker thread or another process. Metric names are
-`stage/metric`. Artifacts of an embedded store go to `<root>/mlartifacts`.
+`stage/metric`. Artifacts of an embedded store go to `<root>/mlartifacts`. A tracking server with
+authentication gets MLFLOW_TRACKING_USERNAME/_PASSWORD from the environment (MLflow's client reads
+them); one that refuses them fails the first call with a CredentialsError that says which.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +25,9 @@ from typing import Any, Iterable, Iterator
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
-from crawl2model.runtime import artifact_root
+from crawl2model.runtime import CredentialsError, artifact_root
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
@@ -40,10 +44,29 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def credentials_error(exc: MlflowException, tracking_uri: str) -> CredentialsError | None:
+    """A clear error for a server with authentication that refuses this process (None for other errors)."""
+    if exc.error_code == "UNAUTHENTICATED":
+        who = (f"user {os.environ['MLFLOW_TRACKING_USERNAME']!r} with MLFLOW_TRACKING_PASSWORD"
+               if os.environ.get("MLFLOW_TRACKING_USERNAME") else "requests without credentials")
+        return CredentialsError(f"the MLflow server at {tracking_uri} refuses {who} (HTTP 401): set "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of its basic-auth app")
+    if exc.error_code == "PERMISSION_DENIED":
+        return CredentialsError(f"the MLflow server at {tracking_uri} denies user "
+                                f"{os.environ.get('MLFLOW_TRACKING_USERNAME')!r} (HTTP 403): {exc.message}")
+    return None
+
+
 class Tracking:
     def __init__(self, root: Path, experiment: str):
         self.client = MlflowClient()
-        found = self.client.get_experiment_by_name(experiment)
+        try:  # the first request: a server with authentication says here whether it accepts us
+            found = self.client.get_experiment_by_name(experiment)
+        except MlflowException as exc:
+            error = credentials_error(exc, self.client.tracking_uri)
+            if error is None:
+                raise
+            raise error from None
         if found is not None:
             self.experiment_id = found.experiment_id
         elif self.client.tracking_uri.startswith(("http://", "https://", "databricks")):
