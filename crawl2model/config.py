@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -34,7 +34,10 @@ class IngestConfig(Section):
 
 
 class CrawlConfig(Section):
-    user_agent: str = "crawl2model/0.1 (+https://github.com/crawl2model/crawl2model)"
+    user_agent: str = Field("crawl2model/0.1", pattern=r"^[^\s()]+$",
+                            description="product token; robots.txt groups are matched against it")
+    contact_url: str = Field("https://github.com/crawl2model/crawl2model", pattern=r"^(https?://|mailto:)\S+$",
+                             description="where site owners reach the crawl's operator; sent in the User-Agent")
     delay_seconds: float = Field(1.0, ge=0, description="minimum delay between requests to one host")
     concurrency: int = Field(8, ge=1, description="requests in flight in total")
     per_host_concurrency: int = Field(2, ge=1)
@@ -43,6 +46,25 @@ class CrawlConfig(Section):
     max_bytes: int = Field(10_000_000, ge=1024, description="body size cap per response")
     max_redirects: int = Field(5, ge=0)
     warc_records_per_file: int = Field(1000, ge=1, description="responses per WARC file (one shard each)")
+    max_decompressed_ratio: float = Field(100.0, ge=1, description="decoded/encoded bytes above which (past 1 MiB) "
+                                          "a body is refused as a decompression-bomb")
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=lambda: [80, 443], description="ports the crawler may connect to on public addresses")
+    allow: list[str] = Field(default_factory=list, description='addresses/networks crawled although private or '
+                             'loopback: "127.0.0.1:8080", "10.0.0.0/8" (on `ports`), "[::1]:*" (any port)')
+
+    @field_validator("allow")
+    @classmethod
+    def _allow_entries_parse(cls, value: list[str]) -> list[str]:
+        from tasks.address_guard import parse_allow_entry
+
+        for entry in value:
+            parse_allow_entry(entry)  # ValueError names the entry
+        return value
+
+    @property
+    def user_agent_header(self) -> str:
+        return f"{self.user_agent} (+{self.contact_url})"
 
 
 class UrlFilterConfig(Section):

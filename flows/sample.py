@@ -5,7 +5,8 @@
 
 The project makes it on the machine: `tasks.sample_site` renders the docstrings of installed
 packages as article pages, they are served on 127.0.0.1, and the URL list is crawled through the
-same path as any user's URL list (robots.txt honoured, WARC files written under the data root).
+same path as any user's URL list (robots.txt honoured, WARC files written under the data root;
+127.0.0.1 is reached through an allow-list entry for the server's port, not a hole in the check).
 The curate flow then finds that crawl in its cache. Once made, the sample is reused as it is,
 so a second `crawl2model run` is a no-op.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -35,9 +37,12 @@ def prepare_sample(cfg: Config, show_progress: bool = True) -> Path:
     building = "building the bundled sample from installed packages' docstrings"
     with Console(stderr=True).status(building) if show_progress else nullcontext():
         site = build_site(home / "site", cfg.sample.packages, cfg.sample.max_mb)
-    # Our own server on loopback: no need for the politeness delay a real host gets.
-    crawl_cfg = cfg.curate.crawl.model_copy(update={"delay_seconds": 0.0, "per_host_concurrency": 8})
     with serve_site(site.root) as base_url:
+        # Our own server on loopback: no politeness delay, and an explicit allow-list entry for
+        # exactly this address and port (the crawler refuses loopback otherwise).
+        port = urlsplit(base_url).port
+        crawl_cfg = cfg.curate.crawl.model_copy(update={
+            "delay_seconds": 0.0, "per_host_concurrency": 8, "allow": [*cfg.curate.crawl.allow, f"127.0.0.1:{port}"]})
         urls = page_urls(site, base_url) + [base_url + "private/drafts.html"]  # robots.txt refuses the last
         tmp = urls_file.with_suffix(".tmp")
         tmp.write_text("# crawl2model bundled sample\n" + "\n".join(urls) + "\n", encoding="utf-8")

@@ -5,12 +5,22 @@
     result.warc_paths    # crawl-00000.warc.gz, ... : hand them to tasks.ingest like any WARC
     result.failures      # one Rejection (stage "crawl") per URL not written
 
-    python -m tasks.crawl urls.txt out_dir/        # the same from a shell, default settings
+    python -m tasks.crawl urls.txt out_dir/        # the same from a shell (--help: allow-list, ports)
 
 Politeness: robots.txt is fetched once per host and honoured for our user agent (also for
 every redirect target); at most `per_host_concurrency` requests are in flight per host and
 their starts are at least max(`delay_seconds`, robots Crawl-delay) apart. Cookies are never
-kept, so a page does not depend on what was fetched before it.
+kept, so a page does not depend on what was fetched before it. The User-Agent is
+`user_agent (+contact_url)`, e.g. "crawl2model/0.1 (+https://github.com/crawl2model/crawl2model)".
+
+Safety (tasks.address_guard, tasks.bounded_decode): only http(s), only `ports` (80, 443), only
+public addresses: every connection (first request, robots.txt, each redirect hop) resolves the
+host once, refuses it when any answer is loopback/private/link-local/multicast/reserved/
+unspecified (IPv4-mapped and 6to4 IPv6 included), and connects to that checked address. Local
+servers are crawled only through `allow` entries ("127.0.0.1:8080"). Environment proxies are
+ignored (a proxy would resolve and connect for us). Bodies are streamed, never read whole: the
+decoded size is capped at `max_bytes` and the decoded/encoded ratio at `max_decompressed_ratio`
+while gzip/deflate/br is decoded step by step, so a bomb is stopped after ~1 MiB of output.
 
 Output: out_dir/crawl-00000.warc.gz, ... each a warcinfo record then `response` records
 (status line, headers, body) in the order of the input list, and `crawl.json`, written last,
@@ -19,9 +29,14 @@ and Transfer-Encoding are renamed to X-Crawler-* (as Common Crawl does) and Cont
 is the stored body's length. `load_or_crawl` keys a directory on the URL list and the
 settings that change what is fetched, so the same list is crawled once.
 
-Failure reasons: invalid-url, not-http, duplicate-url, robots-disallowed, http-<status>,
-too-many-redirects, too-large, timeout (also a body still arriving after connect_timeout +
-4 x read_timeout), connection-error, fetch-error (anything else, e.g. a broken gzip body).
+Failure reasons: invalid-url, not-http, duplicate-url, robots-disallowed, blocked-address (a
+non-public address, also one a name resolves to or a redirect points at), blocked-port,
+http-<status>, too-many-redirects, too-large (Content-Length or decoded body over max_bytes),
+decompression-bomb, timeout (also a body still arriving after connect_timeout + 4 x read_timeout),
+connection-error, fetch-error (anything else, e.g. a broken gzip body). The policy refusals
+(not-http, blocked-*, robots-disallowed) are not quarantined: nothing was wrong with a page.
+A cached crawl that refused URLs as blocked-*/decompression-bomb is crawled again when the safety
+settings (allow, ports, max_decompressed_ratio) change; other settings keep their cache key.
 A host whose robots.txt answers 5xx/429 is treated as disallowing all; one whose robots.txt
 cannot be reached at all fails its URLs as timeout/connection-error, which says more.
 """
@@ -53,6 +68,8 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from crawl2model.config import CrawlConfig, stable_hash
+from tasks.address_guard import AddressPolicy, Blocked, Resolver, guarded_transport, system_resolver
+from tasks.bounded_decode import ACCEPT_ENCODING, BodyDecodeError, BoundedDecoder, DecompressionBomb, TooLarge
 from tasks.records import Rejection
 
 STAGE = "crawl"
@@ -61,12 +78,9 @@ SPOOL = "spool.warc.gz.tmp"  # responses in the order they finish, copied into t
 ROBOTS_MAX_BYTES = 500 * 1024  # Google reads the first 500 KiB of a robots.txt
 ROBOTS_MAX_REDIRECTS = 5  # as Google; more is treated like a missing robots.txt
 ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-NOT_QUARANTINED = {"invalid-url", "not-http", "duplicate-url", "robots-disallowed"}
+NOT_QUARANTINED = {"invalid-url", "not-http", "duplicate-url", "robots-disallowed", "blocked-address", "blocked-port"}
+SAFETY_REASONS = {"blocked-address", "blocked-port", "decompression-bomb"}  # answers that depend on safety settings
 _HOST_CHARS = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # hostname after IDNA, or an IPv6 address
-try:  # the encodings httpx decodes (brotli/zstd only when their packages are installed)
-    from httpx._decoders import SUPPORTED_DECODERS as _DECODED
-except ImportError:  # pragma: no cover - private name moved
-    _DECODED = {"identity": None, "gzip": None, "deflate": None}
 
 
 @dataclass
@@ -155,8 +169,8 @@ class _Robots:
 class _Fetcher:
     """Fetches one URL at a time per thread; shares the client, host gates and robots cache."""
 
-    def __init__(self, client: httpx.Client, cfg: CrawlConfig):
-        self.client, self.cfg = client, cfg
+    def __init__(self, client: httpx.Client, cfg: CrawlConfig, policy: AddressPolicy):
+        self.client, self.cfg, self.policy = client, cfg, policy
         self._lock = threading.Lock()
         self._hosts: dict[str, _Host] = {}
         self._robots: dict[str, _Robots] = {}
@@ -170,9 +184,17 @@ class _Fetcher:
             return self._hosts[url.host]
 
     def fetch(self, url: httpx.URL) -> _Fetched:
-        """GET url following redirects by hand (robots checked at each hop); raises _Failed."""
+        """GET url following redirects by hand (address and robots checked at each hop); raises _Failed."""
         chain = [str(url)]
+        try:
+            return self.follow(url, chain)
+        except Blocked as exc:  # at the first hop or a redirect; the connection itself was never made
+            via = f"; redirect chain: {' -> '.join(chain)}" if len(chain) > 1 else ""
+            raise _Failed(exc.reason, f"{exc.detail}{via}") from None
+
+    def follow(self, url: httpx.URL, chain: list[str]) -> _Fetched:
         while True:
+            self.policy.check_url(url)  # port and literal addresses, before any DNS or robots.txt
             self.check_robots(url, chain)
             with self.host(url).turn():
                 fetched_at = datetime.now(timezone.utc)
@@ -196,29 +218,37 @@ class _Fetcher:
         if not response.is_success:
             raise _Failed(f"http-{response.status_code}", f"HTTP {response.status_code} {response.reason_phrase}{via}")
         cap = self.cfg.max_bytes
-        encoded = "content-encoding" in response.headers
+        decoder = BoundedDecoder(response.headers.get("content-encoding", ""), cap, self.cfg.max_decompressed_ratio)
         declared = response.headers.get("content-length", "")
-        if not encoded and declared.isdigit() and int(declared) > cap:
+        if declared.isdigit() and int(declared) > cap:  # encoded bytes over the cap: decoded ones would be too
             raise _Failed("too-large", f"Content-Length {declared} is over max_bytes={cap}{via}")
         deadline = time.monotonic() + self.body_deadline
         body = bytearray()
-        for chunk in response.iter_bytes():  # decoded; a cap on decoded bytes also stops gzip bombs
-            body += chunk
-            if len(body) > cap:
-                raise _Failed("too-large", f"body over max_bytes={cap}, stopped reading{via}")
-            if time.monotonic() > deadline:
-                raise _Failed("timeout", f"body still arriving after {self.body_deadline:g}s{via}")
+        try:
+            for raw in response.iter_raw():  # as received; decoded here a bounded step at a time
+                for piece in decoder.pieces(raw):
+                    body += piece
+                if time.monotonic() > deadline:
+                    raise _Failed("timeout", f"body still arriving after {self.body_deadline:g}s{via}")
+            body += decoder.flush()
+        except TooLarge:
+            raise _Failed("too-large", f"body over max_bytes={cap}, stopped reading{via}") from None
+        except DecompressionBomb as exc:
+            raise _Failed("decompression-bomb", f"{exc}, stopped reading{via}") from None
+        except BodyDecodeError as exc:
+            raise _Failed("fetch-error", f"cannot decode the {response.headers.get('content-encoding')!r} body: "
+                                         f"{exc}{via}") from None
         return _Fetched(str(url), fetched_at, response.http_version, response.status_code,
-                        response.reason_phrase, stored_headers(response, len(body)), bytes(body))
+                        response.reason_phrase, stored_headers(response, len(body), decoder.decoded), bytes(body))
 
     # --- robots.txt ---
 
     def check_robots(self, url: httpx.URL, chain: list[str]) -> None:
         robots = self.robots_for(url)
+        via = f"; redirect chain: {' -> '.join(chain)}" if len(chain) > 1 else ""
         if robots.failure is not None:
-            raise _Failed(robots.failure.reason, f"{robots.failure.detail}; not fetching {url}")
+            raise _Failed(robots.failure.reason, f"{robots.failure.detail}; not fetching {url}{via}")
         if not robots.parser.can_fetch(self.cfg.user_agent, str(url)):
-            via = f"; redirect chain: {' -> '.join(chain)}" if len(chain) > 1 else ""
             raise _Failed("robots-disallowed", f"{robots.note} disallows {url}{via}")
 
     def robots_for(self, url: httpx.URL) -> _Robots:
@@ -239,20 +269,16 @@ class _Fetcher:
         robots.parser = parser = RobotFileParser()
         url = httpx.URL(origin + "/robots.txt")
         robots.note = f"{url}"
+        hops = 0
         try:
-            for _ in range(ROBOTS_MAX_REDIRECTS + 1):
+            for hops in range(ROBOTS_MAX_REDIRECTS + 1):
                 with self.host(url).turn(), self.client.stream("GET", url) as response:
                     if response.has_redirect_location:
                         url = url.join(response.headers["location"])
                         continue
                     status = response.status_code
                     if response.is_success:
-                        text = bytearray()
-                        for chunk in response.iter_bytes():
-                            text += chunk
-                            if len(text) >= ROBOTS_MAX_BYTES:
-                                break
-                        parser.parse(bytes(text[:ROBOTS_MAX_BYTES]).decode("utf-8", "replace").splitlines())
+                        parser.parse(read_robots(response, self.cfg).decode("utf-8", "replace").splitlines())
                     elif status == 429 or status >= 500:
                         parser.disallow_all = True
                         robots.note = f"{url} answered HTTP {status}, so the host"
@@ -260,6 +286,12 @@ class _Fetcher:
                         parser.allow_all = True
                     return
             parser.allow_all = True  # too many redirects: as if there were no robots.txt
+        except Blocked as exc:
+            if hops == 0:  # the origin itself is refused: so is every URL of it
+                robots.parser, robots.failure = None, _Failed(exc.reason, f"robots.txt {url}: {exc.detail}")
+            else:  # robots.txt redirected somewhere we do not go: as if there were none
+                robots.note = f"{url} (refused: {exc.detail})"
+                parser.allow_all = True
         except httpx.TimeoutException as exc:
             robots.parser, robots.failure = None, _Failed("timeout", f"robots.txt {url}: {type(exc).__name__}: {exc}")
         except (httpx.TransportError, OSError) as exc:
@@ -269,10 +301,21 @@ class _Fetcher:
             robots.parser, robots.failure = None, _Failed("fetch-error", f"robots.txt {url}: {type(exc).__name__}: {exc}")
 
 
-def stored_headers(response: httpx.Response, body_length: int) -> list[tuple[str, str]]:
+def read_robots(response: httpx.Response, cfg: CrawlConfig) -> bytes:
+    """The first ROBOTS_MAX_BYTES of a robots.txt, decoded within that bound (a bomb is cut short)."""
+    decoder = BoundedDecoder(response.headers.get("content-encoding", ""), ROBOTS_MAX_BYTES, cfg.max_decompressed_ratio)
+    text = bytearray()
+    try:
+        for raw in response.iter_raw():
+            text += decoder.feed(raw)
+        text += decoder.flush()
+    except (TooLarge, DecompressionBomb):
+        pass  # as Google: what was read so far counts (a broken stream fails the host as fetch-error)
+    return bytes(text[:ROBOTS_MAX_BYTES])
+
+
+def stored_headers(response: httpx.Response, body_length: int, decoded: bool) -> list[tuple[str, str]]:
     """Headers as received, made true of the decoded body we store (see the module docstring)."""
-    encodings = [e.strip().lower() for e in response.headers.get("content-encoding", "").split(",") if e.strip()]
-    decoded = all(e in _DECODED for e in encodings)
     headers = []
     for raw_name, raw_value in response.headers.raw:
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
@@ -292,8 +335,11 @@ def crawl(
     out_dir: Path,
     cfg: CrawlConfig,
     progress: Callable[[int, int], None] | None = None,
+    resolver: Resolver = system_resolver,
 ) -> CrawlResult:
-    """Fetch every URL once into out_dir/crawl-NNNNN.warc.gz, then write out_dir/crawl.json."""
+    """Fetch every URL once into out_dir/crawl-NNNNN.warc.gz, then write out_dir/crawl.json.
+
+    resolver: (host, port) -> addresses; the system's DNS unless a test stubs it."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -319,15 +365,18 @@ def crawl(
 
     spool_path = out_dir / SPOOL
     spooled: dict[int, tuple[int, int]] = {}  # input index -> (offset, length) in the spool
+    policy = AddressPolicy.build(cfg.ports, cfg.allow)
     client = httpx.Client(
-        headers={"User-Agent": cfg.user_agent, "Accept": ACCEPT},
+        headers={"User-Agent": cfg.user_agent_header, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
         timeout=httpx.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout, write=cfg.read_timeout,
                               pool=cfg.connect_timeout + cfg.read_timeout),
-        limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency),
+        transport=guarded_transport(policy, resolver, httpx.Limits(max_connections=cfg.concurrency,
+                                                                   max_keepalive_connections=cfg.concurrency)),
         follow_redirects=False,
+        trust_env=False,  # an environment proxy would resolve and connect past the address check
         cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
     )
-    fetcher = _Fetcher(client, cfg)
+    fetcher = _Fetcher(client, cfg, policy)
     pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="crawl")
     try:
         with client, open(spool_path, "wb") as spool:
@@ -369,6 +418,8 @@ def fetch_one(fetcher: _Fetcher, index: int, url: httpx.URL) -> tuple[int, _Fetc
         return index, fetcher.fetch(url)
     except _Failed as exc:
         return index, exc
+    except Blocked as exc:  # pragma: no cover - fetch() turns these into _Failed
+        return index, _Failed(exc.reason, exc.detail)
     except httpx.TimeoutException as exc:
         return index, _Failed("timeout", f"{type(exc).__name__}: {str(exc) or 'timed out'}")
     except httpx.TransportError as exc:
@@ -415,7 +466,7 @@ def assemble_warcs(out_dir: Path, spool_path: Path, ranges: list[tuple[int, int]
                 writer.write_record(writer.create_warcinfo_record(path.name, {
                     "software": "crawl2model tasks.crawl (httpx, warcio)",
                     "format": "WARC File Format 1.0",
-                    "http-header-user-agent": cfg.user_agent,
+                    "http-header-user-agent": cfg.user_agent_header,
                     "robots": "obey",
                     "description": "bodies stored decoded; X-Crawler-Content-Encoding/-Length/Transfer-Encoding "
                                    "hold the original headers",
@@ -449,6 +500,7 @@ def write_manifest(out_dir: Path, result: CrawlResult, cfg: CrawlConfig) -> None
         "warc_files": [p.name for p in result.warc_paths],
         "seconds": result.seconds,
         "settings": fetch_settings(cfg),
+        "safety": safety_settings(cfg),
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
     tmp = out_dir / (MANIFEST + ".tmp")
@@ -459,8 +511,9 @@ def write_manifest(out_dir: Path, result: CrawlResult, cfg: CrawlConfig) -> None
     os.replace(tmp, out_dir / MANIFEST)
 
 
-def load_result(out_dir: Path) -> CrawlResult | None:
-    """The CrawlResult of a finished crawl in out_dir, or None when it is missing or incomplete."""
+def load_result(out_dir: Path, cfg: CrawlConfig | None = None) -> CrawlResult | None:
+    """The CrawlResult of a finished crawl in out_dir, or None when it is missing or incomplete,
+    or (given cfg) when it refused URLs under other safety settings than cfg's."""
     try:
         manifest = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
         paths = [Path(out_dir) / name for name in manifest["warc_files"]]
@@ -470,12 +523,20 @@ def load_result(out_dir: Path) -> CrawlResult | None:
         return None
     if not all(p.is_file() for p in paths) or result.urls != result.fetched + len(failures):
         return None
+    if cfg is not None and any(f.reason in SAFETY_REASONS for f in failures) \
+            and manifest.get("safety") != safety_settings(cfg):
+        return None  # e.g. 127.0.0.1 was refused, and is now allow-listed
     return result
 
 
 def fetch_settings(cfg: CrawlConfig) -> dict:
     """The settings that change what a crawl fetches (not politeness or speed)."""
-    return {"user_agent": cfg.user_agent, "max_bytes": cfg.max_bytes, "max_redirects": cfg.max_redirects}
+    return {"user_agent": cfg.user_agent_header, "max_bytes": cfg.max_bytes, "max_redirects": cfg.max_redirects}
+
+
+def safety_settings(cfg: CrawlConfig) -> dict:
+    """The settings behind blocked-*/decompression-bomb answers (kept out of the cache key)."""
+    return {"allow": sorted(cfg.allow), "ports": sorted(cfg.ports), "max_decompressed_ratio": cfg.max_decompressed_ratio}
 
 
 def crawl_key(urls: Sequence[str], cfg: CrawlConfig) -> str:
@@ -489,7 +550,7 @@ def crawl_dir(urls: Sequence[str], crawl_root: Path, cfg: CrawlConfig) -> Path:
 
 def cached_crawl(urls: Sequence[str], crawl_root: Path, cfg: CrawlConfig) -> CrawlResult | None:
     """The finished crawl of this list, without any network request; None if there is none."""
-    return load_result(crawl_dir(urls, crawl_root, cfg))
+    return load_result(crawl_dir(urls, crawl_root, cfg), cfg)
 
 
 def load_or_crawl(
@@ -500,7 +561,7 @@ def load_or_crawl(
 ) -> CrawlResult:
     """The finished crawl of this list under crawl_root/<key>/, crawling it first if needed."""
     out_dir = crawl_dir(urls, crawl_root, cfg)
-    cached = load_result(out_dir)
+    cached = load_result(out_dir, cfg)
     if cached is not None:
         if progress:
             progress(cached.urls, cached.urls)
@@ -550,11 +611,34 @@ def looks_like_url_list(path: Path, sniff_lines: int = 5) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m tasks.crawl URLS.txt OUT_DIR", file=sys.stderr)
-        return 2
-    urls = read_url_list(Path(argv[0]))
-    result = crawl(urls, Path(argv[1]), CrawlConfig(),
+    import argparse
+
+    from pydantic import ValidationError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.crawl", formatter_class=argparse.RawDescriptionHelpFormatter, description="Crawl a URL list politely into WARC files (see the module docstring).\n"
+        "Only public addresses on --port ports are fetched unless --allow names them.",
+        epilog="example: python -m tasks.crawl urls.txt out/ --allow 127.0.0.1:8000   (a local test server)")
+    parser.add_argument("urls", type=Path, help="file with one URL per line ('#' comments)")
+    parser.add_argument("out_dir", type=Path, help="where crawl-NNNNN.warc.gz and crawl.json go")
+    parser.add_argument("--allow", action="append", default=[], metavar="ADDR[:PORT]",
+                        help='crawl this private/loopback address or network anyway: "127.0.0.1:8000", '
+                             '"10.0.0.0/8", "[::1]:*" (any port); repeatable')
+    parser.add_argument("--port", action="append", type=int, dest="ports", metavar="PORT",
+                        help="a port public hosts may be crawled on (repeatable; default 80 and 443)")
+    parser.add_argument("--contact-url", help="sent in the User-Agent so site owners can reach you")
+    parser.add_argument("--delay", type=float, help="seconds between requests to one host (default 1)")
+    args = parser.parse_args(argv)
+    settings = {"allow": args.allow, "ports": args.ports, "contact_url": args.contact_url, "delay_seconds": args.delay}
+    try:
+        cfg = CrawlConfig(**{k: v for k, v in settings.items() if v is not None})
+    except ValidationError as exc:
+        parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    try:
+        urls = read_url_list(args.urls)
+    except OSError as exc:
+        parser.error(f"cannot read {args.urls}: {exc}")
+    result = crawl(urls, args.out_dir, cfg,
                    progress=lambda done, total: print(f"\r{done}/{total}", end="", file=sys.stderr))
     print(f"\n{result.fetched} of {result.urls} fetched into {len(result.warc_paths)} WARC file(s)", file=sys.stderr)
     for failure in result.failures:

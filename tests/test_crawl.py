@@ -156,7 +156,8 @@ def site(make_site) -> Site:
 
 def config(**overrides) -> CrawlConfig:
     settings = dict(delay_seconds=0, concurrency=4, per_host_concurrency=4, connect_timeout=1.0,
-                    read_timeout=0.3, max_bytes=2048, max_redirects=3, warc_records_per_file=2)
+                    read_timeout=0.3, max_bytes=2048, max_redirects=3, warc_records_per_file=2,
+                    allow=["127.0.0.1:*"])  # the test servers; tests/test_crawl_safety.py crawls without it
     return CrawlConfig(**{**settings, **overrides})
 
 

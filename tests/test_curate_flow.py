@@ -174,6 +174,7 @@ def test_url_list_is_crawled_politely_and_curated(prefect_server, cfg, tmp_path)
         urls.write_text("\n".join(base + p for p in ["a.html", "b.html", "german.html",
                                                     "private/secret.html", "missing.html"]) + "\n")
         cfg.curate.crawl.delay_seconds = 0.0
+        cfg.curate.crawl.allow = [f"127.0.0.1:{server.server_address[1]}"]  # loopback is refused otherwise
         summary = run_pipeline([str(urls)], cfg, until="curate", show_progress=False).curate
     finally:
         server.shutdown()
