@@ -199,7 +199,7 @@ def checked_addresses(host: str, port: int, policy: AddressPolicy, resolver: Res
         try:
             policy.check(ip, port)
         except Blocked as exc:
-            named = f"{host} resolves to {exc.detail}" if literal is None else exc.detail
+            named = f"{host} resolves to {ip}: {exc.detail}" if literal is None else exc.detail
             raise Blocked(exc.reason, named) from None
         addresses.append(ip)
     if not addresses:
@@ -238,7 +238,7 @@ class _GuardedTransport(httpx.HTTPTransport):
     def __init__(self, policy: AddressPolicy, resolver: Resolver, limits: httpx.Limits):
         super().__init__(trust_env=False, limits=limits)  # no proxy from the environment: it would connect for us
         self._pool = httpcore.ConnectionPool(  # as HTTPTransport makes it, plus our network backend
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=httpx.create_ssl_context(),  # certifi, or SSL_CERT_FILE/SSL_CERT_DIR when set
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

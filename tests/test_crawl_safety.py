@@ -13,6 +13,7 @@ import gzip
 import ipaddress
 import json
 import threading
+import time
 import tracemalloc
 import zlib
 from collections import Counter
@@ -21,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
 
 import brotli
+import httpcore
 import pytest
 
 from crawl2model.config import ConfigError, CrawlConfig, load_config
@@ -46,7 +48,8 @@ def bomb(encoding: str) -> bytes:
 class Server:
     """127.0.0.1 on a free port; records each request's path and headers."""
 
-    def __init__(self, close_connections: bool = False):
+    def __init__(self, close_connections: bool = False, robots_to: str | None = None):
+        self.robots_to = robots_to  # robots.txt redirects there when set
         self.hits: Counter[str] = Counter()
         self.headers: list[dict] = []
         self.close_connections = close_connections
@@ -82,9 +85,11 @@ class Server:
                 srv.hits[self.path] += 1
                 srv.headers.append(dict(self.headers))
                 try:
-                    if self.path == "/robots.txt":
+                    if self.path == "/robots.txt" and srv.robots_to:
+                        self.send(301, headers={"Location": srv.robots_to})
+                    elif self.path == "/robots.txt":
                         self.send(200, b"User-agent: *\nDisallow: /private/\n", {"Content-Type": "text/plain"})
-                    elif self.path.startswith("/page/"):
+                    elif self.path.startswith(("/page/", "/private/")):
                         self.send(200, PAGE)
                     elif self.path.startswith("/away?to="):
                         self.send(302, headers={"Location": unquote(self.path.partition("=")[2])})
@@ -103,6 +108,20 @@ class Server:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def tripwire(monkeypatch):
+    """Every socket httpx opens goes through httpcore.SyncBackend.connect_tcp: if a bug let a
+    refused address through, the test fails here instead of sending a packet off this machine."""
+    real = httpcore.SyncBackend.connect_tcp
+
+    def only_loopback(self, host, port, *args, **kwargs):
+        if host != "127.0.0.1":
+            raise AssertionError(f"the crawler tried to connect to {host}:{port}")
+        return real(self, host, port, *args, **kwargs)
+
+    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", only_loopback)
 
 
 @pytest.fixture
@@ -267,8 +286,8 @@ def test_allow_list_off_refuses_loopback_without_a_request(servers, tmp_path):
     # with its port allowed, the address is what is refused, also behind a name or another spelling
     result = crawl(urls, tmp_path / "port-ok", config(ports=[site.port]))
     assert reasons(result) == {u: "blocked-address" for u in urls}
-    assert "localhost resolves to 127.0.0.1 " in reasons_detail(result)[urls[1]]
-    assert "2130706433 resolves to 127.0.0.1 " in reasons_detail(result)[urls[2]]
+    assert "localhost resolves to 127.0.0.1: 127.0.0.1 is loopback" in reasons_detail(result)[urls[1]]
+    assert "2130706433 resolves to 127.0.0.1: " in reasons_detail(result)[urls[2]]
     assert not any(f.quarantined for f in result.failures)
     assert sum(site.hits.values()) == 0  # not even robots.txt
     rows = json.loads((tmp_path / "port-ok" / "crawl.json").read_text())["failures"]
@@ -323,6 +342,26 @@ def test_a_redirect_to_a_refused_target_is_refused_at_the_redirect(servers, tmp_
     assert sum(other.hits.values()) == 0
     assert resolver.calls == ["internal.test"]
 
+
+
+def test_a_robots_txt_redirect_to_a_refused_target_counts_as_no_robots_txt(servers, tmp_path):
+    site = servers(robots_to="http://10.0.0.5/robots.txt")
+    result = crawl([site.url("/private/x")], tmp_path, config(allow=[f"127.0.0.1:{site.port}"]))
+    assert result.fetched == 1 and site.hits == Counter({"/robots.txt": 1, "/private/x": 1})
+
+
+def test_a_slow_dns_answer_times_out_as_connect(servers, tmp_path):
+    site = servers()
+
+    def slow(host: str, port: int) -> list[str]:
+        time.sleep(1.0)
+        return ["127.0.0.1"]
+
+    started = time.monotonic()
+    result = crawl([f"http://slow.test:{site.port}/page/1"], tmp_path,
+                   config(allow=[f"127.0.0.1:{site.port}"], connect_timeout=0.2), resolver=slow)
+    assert [f.reason for f in result.failures] == ["timeout"] and "resolving slow.test" in result.failures[0].detail
+    assert time.monotonic() - started < 0.9 and sum(site.hits.values()) == 0
 
 @pytest.mark.parametrize("encoding", ["gzip", "br"])
 def test_decompression_bombs_are_refused_without_inflating_them(servers, tmp_path, encoding):
