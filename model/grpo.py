@@ -103,12 +103,15 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     return loss, metrics
 
 
-def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+                temperature: float = 1.0) -> torch.Tensor:
     """(B, T-1) log p(input_ids[:, t+1] | ..t) where mask (B, T-1) is set, 0 elsewhere: the
-    logits of positions before the first masked target are not normalized (not needed)."""
+    logits of positions before the first masked target are not normalized (not needed).
+    `temperature` scales the logits as the sampler did, so the ratio and the gradient are those of
+    the distribution the replies came from (TRL does the same)."""
     logits, _ = model(input_ids[:, :-1])
     first = int(mask.any(0).float().argmax()) if mask.any() else mask.shape[1]
-    logits, targets = logits[:, first:].float(), input_ids[:, first + 1:]
+    logits, targets = logits[:, first:].float() / temperature, input_ids[:, first + 1:]
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
     out[:, first:] = picked
@@ -297,13 +300,13 @@ def _update(model, reference, optimizer, cfg: RlConfig, prompt_ids: list, replie
         ids, mask = collate(prompt_ids[i:i + cfg.micro_batch], replies[i:i + cfg.micro_batch])
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad():
-            old = token_logps(model, ids, mask) if cfg.iterations > 1 else None
-            ref = token_logps(reference, ids, mask) if reference is not None else None
+            old = token_logps(model, ids, mask, cfg.temperature) if cfg.iterations > 1 else None
+            ref = token_logps(reference, ids, mask, cfg.temperature) if reference is not None else None
         chunks.append((ids, mask, old, ref, advantages[i:i + cfg.micro_batch].to(device)))
     for _ in range(cfg.iterations):
         sums: dict[str, float] = {}
         for ids, mask, old, ref, adv in chunks:
-            logps = token_logps(model, ids, mask)
+            logps = token_logps(model, ids, mask, cfg.temperature)
             loss, values = grpo_loss(logps, logps.detach() if old is None else old, ref, adv, mask,
                                      cfg.clip_eps, cfg.kl_beta)
             share = len(ids) / len(replies)  # the mean over replies, across micro-batches
