@@ -16,9 +16,10 @@ kept, so a page does not depend on what was fetched before it. The User-Agent is
 Safety (tasks.address_guard, tasks.bounded_decode): only http(s), only `ports` (80, 443), only
 public addresses: every connection (first request, robots.txt, each redirect hop) resolves the
 host once, refuses it when any answer is loopback/private/link-local/multicast/reserved/
-unspecified (IPv4-mapped and 6to4 IPv6 included), and connects to that checked address. Local
-servers are crawled only through `allow` entries ("127.0.0.1:8080"). Environment proxies are
-ignored (a proxy would resolve and connect for us). Bodies are streamed, never read whole: the
+unspecified (IPv4-mapped and 6to4 IPv6 included), and connects to that checked address (the
+lookup times out with connect_timeout). Local servers are crawled only through `allow` entries
+("127.0.0.1:8080"). A robots.txt that redirects to a refused target counts as none. Environment
+proxies are ignored (a proxy would resolve and connect for us). Bodies are streamed, never read whole: the
 decoded size is capped at `max_bytes` and the decoded/encoded ratio at `max_decompressed_ratio`
 while gzip/deflate/br is decoded step by step, so a bomb is stopped after ~1 MiB of output.
 
