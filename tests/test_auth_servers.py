@@ -19,6 +19,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -93,10 +94,24 @@ def no_credentials(monkeypatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, request):
+    """Both servers with CREDS over one data root. They start while the session's embedded Prefect
+    server (tests/conftest.py, for the embedded test) starts too: the waits overlap, not add up."""
     root = tmp_path_factory.mktemp("auth") / "c2m-data"
-    with start_servers(root, free_port(), free_port(), auth=CREDS) as (prefect_url, mlflow_url):
+    servers_cm = start_servers(root, free_port(), free_port(), auth=CREDS)
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(servers_cm.__enter__)  # on failure start_servers stops what it started
+        try:
+            request.getfixturevalue("prefect_server")
+        except BaseException:
+            if started.exception() is None:
+                servers_cm.__exit__(None, None, None)
+            raise
+        prefect_url, mlflow_url = started.result()
+    try:
         yield root, prefect_url, mlflow_url
+    finally:
+        servers_cm.__exit__(None, None, None)
 
 
 def test_requests_without_credentials_are_refused(servers):
@@ -241,3 +256,91 @@ def test_a_changed_password_is_named(servers):
         _check_credentials(prefect_url, mlflow_url, other, root)
     with pytest.raises(ServerError, match="Prefect server refuses PREFECT_API_AUTH_STRING"):
         _check_credentials(prefect_url, mlflow_url, Credentials("x", "y" * 12, "c2m:wrong"), root)
+
+
+# --- deploy/: the production compose file and scripts (parsed and run in parts; no Docker here) ---
+
+DEPLOY = REPO / "deploy"
+
+
+def compose() -> dict:
+    import yaml
+
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def env_example() -> dict[str, str]:
+    lines = (DEPLOY / "env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def script(service: str) -> str:
+    """A service's `sh -ec` script as the container runs it ($$ is compose's escape for $)."""
+    command = compose()["services"][service]["command"]
+    assert command[:2] == ["sh", "-ec"], command
+    return command[2].replace("$$", "$")
+
+
+def test_compose_takes_every_credential_from_the_env_file():
+    import re
+
+    services = compose()["services"]
+    source = lambda value: re.fullmatch(r"\$\{(\w+)(:\?[^}]*)?\}", value).group(1)  # noqa: E731
+    prefect, mlflow, worker = (services[name]["environment"] for name in ("prefect-server", "mlflow", "worker"))
+    assert source(prefect["PREFECT_SERVER_API_AUTH_STRING"]) == source(worker["PREFECT_API_AUTH_STRING"]) \
+        == "PREFECT_AUTH_STRING"
+    assert source(mlflow["MLFLOW_AUTH_ADMIN_USERNAME"]) == source(worker["MLFLOW_TRACKING_USERNAME"])
+    assert source(mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]) == source(worker["MLFLOW_TRACKING_PASSWORD"])
+    assert source(mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == "MLFLOW_FLASK_SECRET_KEY"
+    assert "mlflow server --app-name basic-auth" in script("mlflow")
+    assert "[auth]" in compose()["x-app"]["build"]["dockerfile_inline"]  # Flask-WTF in the image
+
+    # every variable compose reads is documented in env.example, every secret there a placeholder
+    text = (DEPLOY / "compose.yaml").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
+    example = env_example()
+    assert used <= set(example), used - set(example)
+    secrets_ = [k for k in example if k.endswith(("PASSWORD", "SECRET_KEY", "AUTH_STRING"))]
+    assert len(secrets_) >= 6 and all("change-me" in example[k] for k in secrets_), secrets_
+
+
+def test_compose_servers_refuse_placeholders_and_write_a_valid_auth_config(tmp_path, monkeypatch):
+    from mlflow.server.auth.config import read_auth_config
+
+    for service in ("prefect-server", "mlflow"):
+        assert subprocess.run(["sh", "-n", "-c", script(service)]).returncode == 0, service
+    example = env_example()
+    placeholder = {"PATH": os.environ["PATH"], "PREFECT_SERVER_API_AUTH_STRING": example["PREFECT_AUTH_STRING"],
+                   "MLFLOW_AUTH_ADMIN_PASSWORD": example["MLFLOW_ADMIN_PASSWORD"],
+                   "MLFLOW_FLASK_SERVER_SECRET_KEY": example["MLFLOW_FLASK_SECRET_KEY"]}
+    for service in ("prefect-server", "mlflow"):
+        proc = subprocess.run(["sh", "-ec", script(service)], env=placeholder, capture_output=True, text=True)
+        assert proc.returncode == 2 and "change-me" in proc.stderr, (service, proc.stderr)
+    short = {**placeholder, "MLFLOW_AUTH_ADMIN_PASSWORD": "short-pw", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32}
+    proc = subprocess.run(["sh", "-ec", script("mlflow")], env=short, capture_output=True, text=True)
+    assert proc.returncode == 2 and "at least 12 characters" in proc.stderr
+
+    # the config the script writes, read by MLflow's own parser
+    body = script("mlflow").split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    ini = tmp_path / "auth.ini"
+    ini.write_text(body.replace("$MLFLOW_DB_PASSWORD", "db-pw"))
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "c2m-admin")
+    config = read_auth_config()
+    assert config.database_uri == "postgresql+psycopg2://mlflow:db-pw@pg-mlflow:5432/mlflow_auth"
+    assert (config.default_permission, config.auth_cache_ttl_seconds, config.admin_username) == ("READ", 300, "c2m-admin")
+
+
+def test_servers_sh_reads_credentials_from_an_env_file(tmp_path):
+    env_file = tmp_path / "servers.env"
+    env_file.write_text("MLFLOW_TRACKING_USERNAME=ops\nPREFECT_API_AUTH_STRING=ops:only-this\n")
+    env_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARS}
+    proc = subprocess.run(["bash", str(DEPLOY / "servers.sh"), str(tmp_path / "root")], capture_output=True,
+                          text=True, env={**env, "C2M_ENV_FILE": str(env_file)}, timeout=120)
+    # the file was read (two of three variables): refused before any server starts, naming the third
+    assert proc.returncode == 1 and "MLFLOW_TRACKING_PASSWORD" in " ".join(proc.stderr.split()), proc.stderr
+    assert "readable by other users" not in proc.stderr
+    proc = subprocess.run(["bash", str(DEPLOY / "servers.sh"), str(tmp_path / "root"), "--auth"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "--auth takes the credentials" in " ".join(proc.stderr.split()), proc.stderr
