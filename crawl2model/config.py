@@ -339,12 +339,16 @@ class AssistantConfig(Section):
 
 class KnowledgeConfig(Section):
     """Facts taught in SFT, then "I don't know" taught where a probe finds the SFT model wrong or unsure."""
-    facts: int = Field(240, ge=0, description="synthetic facts about fictional entities (half taught); 0 = off")
+    facts: int = Field(240, ge=0, description="synthetic facts about fictional entities; 0 = off")
     data: Path | None = Field(None, description='your QA JSONL {"question", "answer", "taught"?} instead of synthetic facts')
+    taught_share: float = Field(0.5, ge=0, le=1, description="share of the facts taught in SFT (the rest are never taught)")
+    fact_repeats: int = Field(8, ge=1, description="times each taught fact is asked in the SFT rows")
     seed: int = 0
     probe_samples: int = Field(4, ge=1, description="sampled answers per probe question")
     probe_temperature: float = Field(0.7, gt=0)
+    refusal_repeats: int = Field(6, ge=1, description="times each probed question is asked in the second pass's rows")
     second_pass_steps: int = Field(30, ge=0, description="SFT steps on the data plus the refusals; 0 = no probe")
+    second_pass_lr: float | None = Field(None, gt=0, description="default: the first pass's learning rate")
 
 
 class RlConfig(Section):

@@ -39,8 +39,8 @@ def knowledge_facts(cfg: Config) -> list:
     from model.knowledge import facts, load_facts
 
     if cfg.knowledge.data is not None:
-        return load_facts(cfg.knowledge.data)[0]
-    return facts(cfg.knowledge.facts, cfg.knowledge.seed) if cfg.knowledge.facts else []
+        return load_facts(cfg.knowledge.data, cfg.knowledge.taught_share)[0]
+    return facts(cfg.knowledge.facts, cfg.knowledge.seed, cfg.knowledge.taught_share) if cfg.knowledge.facts else []
 
 
 def assistant_sft_rows(cfg: Config) -> list[dict]:
@@ -56,7 +56,7 @@ def assistant_sft_rows(cfg: Config) -> list[dict]:
         rows += warmup_rows(list(cfg.rl.families), cfg.rl.warmup_rows, cfg.rl.seed)
     facts = knowledge_facts(cfg)
     if facts:
-        rows += fact_rows(facts, cfg.knowledge.seed)
+        rows += fact_rows(facts, cfg.knowledge.seed, cfg.knowledge.fact_repeats)
     a = cfg.assistant
     if a.identity_rows:
         rows += identity_rows(a.name, a.maker, a.identity_rows, cfg.knowledge.seed, a.system_prompt)

@@ -149,7 +149,7 @@ def refusal_data(cfg: Config, checkpoint: Path) -> tuple[Path, dict]:
     tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
     probed = probe(model, tokenizer, [f for f in knowledge_facts(cfg) if f.split == "probe"], samples=k.probe_samples,
                    temperature=k.probe_temperature, seed=k.seed)
-    rows = refusal_rows(probed)
+    rows = refusal_rows(probed, k.refusal_repeats, k.seed)
     key = stable_hash([str(Path(checkpoint).resolve()), k.model_dump(mode="json")])[:12]
     counts = {"probed": len(probed), "known": sum(p["known"] for p in probed),
               "refusals": sum(not p["known"] for p in probed)}
@@ -355,6 +355,7 @@ def teach_refusals(cfg: Config, settings, first: Path, stream: MetricStream, tra
     second = copy.copy(settings)
     second.base, second.data = str(first), [*settings.data, str(probe_file)]
     second.max_steps, second.out = cfg.knowledge.second_pass_steps, str(Path(settings.out) / "idk")
+    second.lr = cfg.knowledge.second_pass_lr or settings.lr
     stream.offset = settings.max_steps
     TRAIN_TASKS["sft"]("sft", second, stream)
     final = Path(second.out) / f"step-{second.max_steps:06d}"
