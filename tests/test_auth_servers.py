@@ -4,7 +4,8 @@
 Asserted: without credentials (or with wrong ones) each server answers 401 while its health
 endpoint stays open; a crawl2model process given only the environment variables runs a Prefect
 flow on the protected Prefect server that logs a stage run (params, metrics, an artifact) through
-flows.tracking and registers a model version with an alias, and both servers hold the result;
+flows.tracking and registers a model version with an alias, and `prefect deploy` registers
+deploy/prefect.yaml's deployments there; both servers hold the results;
 a process without credentials gets a clear CredentialsError from each client; no secret lands in
 a file of the data root; the embedded default (no variables) needs no credentials at all.
 
@@ -29,7 +30,7 @@ pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF
 from flows.servers import (  # noqa: E402
     CREDENTIAL_VARS, Credentials, ServerError, basic_auth_header, resolve_auth, start_servers,
 )
-from tests.test_deploy import free_port  # noqa: E402
+from tests.test_deploy import cli, free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one pair of servers (~20-30 s to start here) and one client process
 
@@ -160,6 +161,15 @@ def test_pipeline_process_with_credentials_logs_registers_and_runs_flows(servers
 
     status, flow_run = request(f"{prefect_url}/api/flow_runs/{result['flow_run_id']}", CREDS.prefect_auth_string)
     assert status == 200 and flow_run["state"]["type"] == "COMPLETED"
+
+    # deploys as before: deploy/prefect.yaml's deployments, registered with the same environment
+    cli("work-pool", "create", "crawl2model", "--type", "process", env=env)
+    cli("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml", env=env)
+    status, deployments = request(prefect_url + "/api/deployments/filter", CREDS.prefect_auth_string, {})
+    assert status == 200
+    assert {d["name"]: d["work_pool_name"] for d in deployments} == {"nightly-curate": "crawl2model",
+                                                                      "weekly-train-and-promote": "crawl2model"}
+    assert request(prefect_url + "/api/deployments/filter", data={})[0] == 401
 
     # the secrets live in the processes' environment only: not in any file of either data root
     # (the MLflow user store holds a salted hash, not the password)
