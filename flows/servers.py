@@ -127,12 +127,15 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def write_mlflow_auth_config(root: Path) -> Path:
     """The basic-auth app's config for this data root: its user store and defaults, no secret
     (the admin's name and password come from the environment at the first start)."""
+    store = root / "mlflow-auth.db"  # password hashes: for this user only (SQLite keeps the mode of a file it finds)
+    os.close(os.open(store, os.O_CREAT | os.O_WRONLY, 0o600))
+    store.chmod(0o600)
     path = root / "mlflow-auth.ini"
     path.write_text(
         "# Written by crawl2model (flows/servers.py) for `mlflow server --app-name basic-auth`; no secrets here.\n"
         "[mlflow]\n"
         "default_permission = READ\n"
-        f"database_uri = sqlite:///{root / 'mlflow-auth.db'}\n"
+        f"database_uri = sqlite:///{store}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "# a password check is a PBKDF2 hash (about a second of CPU): cache a good one for 5 minutes\n"
         "# (one worker, so a password change through the API takes effect at once)\n"

@@ -171,6 +171,7 @@ def test_pipeline_process_with_credentials_logs_registers_and_runs_flows(servers
                                                                       "weekly-train-and-promote": "crawl2model"}
     assert request(prefect_url + "/api/deployments/filter", data={})[0] == 401
 
+    assert (root / "mlflow-auth.db").stat().st_mode & 0o777 == 0o600  # password hashes: the owner's only
     # the secrets live in the processes' environment only: not in any file of either data root
     # (the MLflow user store holds a salted hash, not the password)
     for folder in (root, tmp_path / "client"):
