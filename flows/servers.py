@@ -12,9 +12,12 @@ clients' variables MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD and PREFEC
 also configure the servers, so one set of variables serves the UIs and every run. MLflow runs its
 basic-auth app (`--app-name basic-auth`, needs `pip install 'crawl2model[auth]'`): the username
 and password become its admin user at the first start (MLFLOW_AUTH_ADMIN_USERNAME/_PASSWORD), the
-user store is `<root>/mlflow-auth.db`, the config `<root>/mlflow-auth.ini` holds no secret.
-Prefect checks PREFECT_SERVER_API_AUTH_STRING (set to PREFECT_API_AUTH_STRING). The health
-endpoints stay open. Secrets reach the servers through their environment only, never a file.
+user store is `<root>/mlflow-auth.db` (mode 600), the config `<root>/mlflow-auth.ini` holds no
+secret. Prefect checks PREFECT_SERVER_API_AUTH_STRING (set to PREFECT_API_AUTH_STRING). The
+health endpoints stay open. Secrets reach the servers through their environment only, never a
+file. Why on by default when the variables are set: runs in that shell send them anyway, so a UI
+started there should demand them, and 127.0.0.1 is open to every user of a shared machine;
+`--no-auth` turns it off, `--auth` insists (an error when a variable is missing).
 
 They open the stores that embedded runs write (crawl2model.runtime): Prefect's database under
 `PREFECT_HOME=<root>/prefect` and MLflow's `sqlite:///<root>/mlflow.db` with artifacts in
