@@ -11,6 +11,16 @@ works the same from the flow, a worker thread or another process. Metric names a
 `stage/metric`. Artifacts of an embedded store go to `<root>/mlartifacts`. A tracking server with
 authentication gets MLFLOW_TRACKING_USERNAME/_PASSWORD from the environment (MLflow's client reads
 them); one that refuses them fails the first call with a CredentialsError that says which.
+
+A tracking server that stops answering in the middle of a stage (restarted, network blip) does
+not stop the stage or lose a metric: metrics that cannot be sent stay in memory, in order, with
+their original timestamps, and the stage goes on (a cheap /health probe every few seconds, not
+MLflow's exponential backoff of up to 2 minutes per request); they are sent as soon as the server
+answers again (a resent batch is deduplicated by the server: same key, step, value, timestamp).
+When the run ends, Tracking waits up to C2M_MLFLOW_OUTAGE_S (default 600) seconds for the server;
+if it is still down, the unsent metrics go to `<root>/mlflow-pending/<run_id>.jsonl` and the stage
+fails with a TrackingUnavailable that says so; the next Tracking over that data root (the re-run)
+sends them first.
 """
 
 from __future__ import annotations
@@ -23,13 +33,34 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.service_pb2 import LogBatch
+from mlflow.utils.proto_json_utils import message_to_json
+from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 from crawl2model.runtime import CredentialsError, artifact_root
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+PROBE_EVERY_S = 2.0  # while the server is down: how often to look whether it is back
+OUTAGE_ENV = "C2M_MLFLOW_OUTAGE_S"  # how long the end of a run waits for a server that is down
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable for longer than the configured outage bound."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means the server did not answer (refused, reset, timed out, 5xx)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                             requests.exceptions.RetryError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() in (502, 503, 504)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -73,6 +104,12 @@ class Tracking:
             self.experiment_id = self.client.create_experiment(experiment)  # the server decides where artifacts go
         else:  # embedded: artifacts inside the data root
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(root))
+        self.pending_dir = Path(root) / "mlflow-pending"
+        self._remote = self.client.tracking_uri.startswith(("http://", "https://"))
+        self._pending: list[tuple[str, Metric]] = []  # not yet sent, in the order they were logged
+        self._down_since: float | None = None  # when the server stopped answering (None: it answers)
+        self._next_probe = 0.0
+        self._send_spooled()
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
         tags = dict(tags or {})
@@ -86,34 +123,125 @@ class Tracking:
         run_id = self.start_run(name, parent_id, tags)
         try:
             yield run_id
+        except TrackingUnavailable:
+            raise  # the server is gone: marking the run FAILED would only wait for it again
         except BaseException:
             self.end_run(run_id, failed=True)
             raise
         self.end_run(run_id)
 
     def end_run(self, run_id: str, failed: bool = False) -> None:
+        """Send what is pending (waiting out an outage, bounded), then mark the run ended."""
+        self.flush(wait=True)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.flush(wait=True)  # metrics first, in order; and a known outage is waited out here
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        self.flush(wait=True)  # metrics first, in order; and a known outage is waited out here
         items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's limit per batch for params
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Send the metrics now; while the server is down, keep them (in order) and go on."""
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, metrics=items[i : i + _BATCH])
+        self._pending.extend((run_id, Metric(k, float(v), now, step)) for k, v in metrics.items())
+        self.flush()
+
+    def flush(self, wait: bool = False) -> None:
+        """Send the pending metrics. While the server is down this returns at once (wait=False) or
+        probes it until it answers, for at most C2M_MLFLOW_OUTAGE_S seconds of outage (wait=True);
+        past that the metrics are spooled to disk and TrackingUnavailable says where."""
+        while self._pending:
+            if self._down_since is not None and not self._server_back(wait):
+                if not wait:
+                    return
+                limit = float(os.environ.get(OUTAGE_ENV, "600"))
+                if time.monotonic() - self._down_since > limit:
+                    raise self._give_up(limit)
+                continue
+            run_id = self._pending[0][0]
+            batch = [m for r, m in self._pending if r == run_id][:_BATCH]
+            try:
+                self._send(run_id, batch)
+            except MlflowException as exc:
+                if not unreachable(exc):
+                    raise
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    self._next_probe = time.monotonic() + PROBE_EVERY_S
+                continue
+            self._down_since = None
+            sent = {id(m) for m in batch}
+            self._pending = [(r, m) for r, m in self._pending if id(m) not in sent]
+
+    def _send(self, run_id: str, metrics: list[Metric]) -> None:
+        if not self._remote:
+            self.client.log_batch(run_id, metrics=metrics)
+            return
+        # MLflow's client retries an unreachable server for ~4 minutes with exponential backoff
+        # inside each call; here one quick try, and this class does the waiting (see flush)
+        body = json.loads(message_to_json(LogBatch(run_id=run_id, metrics=[m.to_proto() for m in metrics])))
+        endpoint = "/api/2.0/mlflow/runs/log-batch"
+        # the store's credentials (basic auth from the environment), as MLflow's own calls use them
+        creds = self.client._tracking_client.store.get_host_creds()
+        response = http_request(creds, endpoint, "POST", max_retries=0, backoff_factor=0, timeout=30, json=body)
+        verify_rest_response(response, endpoint)
+
+    def _server_back(self, wait: bool) -> bool:
+        """A /health probe, at most every PROBE_EVERY_S seconds (False between probes)."""
+        now = time.monotonic()
+        if now < self._next_probe:
+            if not wait:
+                return False
+            time.sleep(self._next_probe - now)
+        self._next_probe = time.monotonic() + PROBE_EVERY_S
+        if not self._remote:
+            return True
+        try:
+            return requests.get(self.client.tracking_uri.rstrip("/") + "/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _give_up(self, limit: float) -> TrackingUnavailable:
+        """Spool the pending metrics per run and say so."""
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        runs: dict[str, list[Metric]] = {}
+        for run_id, metric in self._pending:
+            runs.setdefault(run_id, []).append(metric)
+        for run_id, metrics in runs.items():
+            with (self.pending_dir / f"{run_id}.jsonl").open("a", encoding="utf-8") as f:
+                for m in metrics:
+                    f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+        steps = sorted({m.step for _, m in self._pending})
+        self._pending = []
+        return TrackingUnavailable(
+            f"the MLflow server at {self.client.tracking_uri} has not answered for {limit:.0f} s "
+            f"({OUTAGE_ENV}); {sum(len(v) for v in runs.values())} metrics of run(s) {', '.join(runs)} "
+            f"(steps {steps[0]}..{steps[-1]}) are kept in {self.pending_dir} and are sent by the next run "
+            "over this data root: start the server and re-run")
+
+    def _send_spooled(self) -> None:
+        """Send the metrics an earlier run could not (see _give_up), then delete their files."""
+        if not self.pending_dir.is_dir():
+            return
+        for path in sorted(self.pending_dir.glob("*.jsonl")):
+            metrics = [Metric(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+            for i in range(0, len(metrics), _BATCH):
+                self._send(path.stem, metrics[i : i + _BATCH])
+            path.unlink()
 
     def log_files(self, run_id: str, files: Iterable[Path], artifact_path: str | None = None) -> None:
+        self.flush(wait=True)  # metrics first, in order; and a known outage is waited out here
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
         """Log a matplotlib figure as a PNG artifact and close it (no file is left behind)."""
+        self.flush(wait=True)  # metrics first, in order; and a known outage is waited out here
         import matplotlib.pyplot as plt
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +252,7 @@ class Tracking:
         plt.close(figure)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.flush(wait=True)  # metrics first, in order; and a known outage is waited out here
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name
             path.write_text(text, encoding="utf-8")
