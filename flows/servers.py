@@ -30,6 +30,7 @@ Their output goes to `<root>/logs/prefect-server.log` and `<root>/logs/mlflow-se
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import secrets
 import signal
@@ -287,11 +288,8 @@ def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
                               f"(crawl2model ui --prefect-port N --mlflow-port M)")
     if prefect_port == mlflow_port:
         raise ServerError(f"Prefect and MLflow need two ports, both were given {prefect_port}")
-    if auth is not None:
-        try:
-            import flask_wtf  # noqa: F401 - MLflow's basic-auth app needs it and says so only in its log
-        except ImportError:
-            raise ServerError("MLflow's basic-auth app needs Flask-WTF: pip install 'crawl2model[auth]'") from None
+    if auth is not None and importlib.util.find_spec("flask_wtf") is None:  # else it says so only in its log
+        raise ServerError("MLflow's basic-auth app needs Flask-WTF: pip install 'crawl2model[auth]'")
     (root / "prefect").mkdir(parents=True, exist_ok=True)
     (root / "mlartifacts").mkdir(parents=True, exist_ok=True)
     log_dir = root / "logs"
