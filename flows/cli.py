@@ -13,6 +13,7 @@
     crawl2model chat [--checkpoint DIR | --alias champion | --gguf FILE] | serve [--alias champion | --gguf FILE]
     crawl2model ui [--prefect-port 4200 --mlflow-port 5000] [--auth]   # both UIs over the data root; Ctrl-C stops both
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
+    crawl2model doctor [KEY=VALUE]...                # versions, data root, Prefect/MLflow, torch devices; exit 1 if not ready
     crawl2model --data-root /data/c2m --config my.yaml ...
 
 Options that apply everywhere come before the command (`--data-root`, `--config`); `key=value`
@@ -35,6 +36,7 @@ from rich.table import Table
 from crawl2model.config import Config, ConfigError, load_config
 from crawl2model.runtime import prepare_environment
 from flows.chat_cli import chat, serve
+from flows.doctor import doctor
 from flows.models_cli import models_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -46,6 +48,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(models_app, name="models")
 app.command()(chat)
 app.command()(serve)
+app.command()(doctor)
 
 out = Console()
 err = Console(stderr=True)
