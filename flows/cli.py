@@ -13,6 +13,7 @@
     crawl2model chat [--checkpoint DIR | --alias champion | --gguf FILE] | serve [--alias champion | --gguf FILE]
     crawl2model ui [--prefect-port 4200 --mlflow-port 5000] [--auth]   # both UIs over the data root; Ctrl-C stops both
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
+    crawl2model warehouse verify [--record] | rebuild [--mirror] [--force]   # checksums; DuckDB from Parquet
     crawl2model doctor [KEY=VALUE]...                # versions, data root, Prefect/MLflow, torch devices; exit 1 if not ready
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -632,6 +633,59 @@ def _print_export(summary) -> None:
     gguf = [v for v in summary.variants if v["format"] == "gguf"]
     if gguf:
         out.print(f"  ollama create crawl2model -f {gguf[0]['path'].removesuffix('.gguf')}.Modelfile")
+
+
+@warehouse_app.command("verify")
+def warehouse_verify(
+    ctx: typer.Context,
+    record: bool = typer.Option(False, "--record", help="First record checksums of Parquet files that have none "
+                                                         "(data roots from before checksums; trusts them as they are)."),
+) -> None:
+    """Check every Parquet file against its checksum and the DuckDB file against its Parquet mirror; exit 1 on a problem."""
+    from rich.markup import escape
+
+    from warehouse import WarehouseError
+    from warehouse.verify import record_missing, verify
+
+    cfg = _config(ctx, [])
+    if record:
+        out.print(f"recorded the checksums of {len(record_missing(cfg.data_root))} file(s)")
+    try:
+        problems, checked = verify(cfg.data_root)
+    except WarehouseError as exc:
+        fail(str(exc))
+    if not problems:
+        out.print(f"[bold green]ok[/]: {checked} Parquet files match their checksums; warehouse.duckdb matches its mirror")
+        return
+    # not a table: the paths and commands stay whole, to copy and paste
+    out.print(f"[bold red]{len(problems)} problem(s)[/] in {escape(str(cfg.data_root))}:")
+    for p in problems:
+        out.print(f"  {escape(p.path)}\n    what: {escape(p.what)}\n    fix:  {escape(p.fix)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1)
+
+
+@warehouse_app.command("rebuild")
+def warehouse_rebuild(
+    ctx: typer.Context,
+    mirror: bool = typer.Option(False, "--mirror", help="The other way: write the Parquet table mirror again from warehouse.duckdb."),
+    force: bool = typer.Option(False, help="Replace a warehouse.duckdb that opens (it is renamed, not deleted)."),
+) -> None:
+    """Make warehouse.duckdb again from the Parquet table mirror (parquet/tables/), checksums checked first."""
+    from warehouse import WarehouseError
+    from warehouse.files import DiskFullError
+    from warehouse.verify import rebuild, refresh_mirror
+
+    cfg = _config(ctx, [])
+    try:
+        if mirror:
+            manifest = refresh_mirror(cfg.data_root)
+            out.print(f"[bold green]mirror written[/]: {cfg.data_root / 'parquet' / 'tables' / manifest['generation']}")
+            return
+        counts = rebuild(cfg.data_root, force)
+    except (WarehouseError, DiskFullError) as exc:
+        fail(str(exc), code=1)
+    out.print(f"[bold green]rebuilt[/] {cfg.data_root / 'warehouse.duckdb'}: "
+              + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
 
 @warehouse_app.command("duplicates")

@@ -36,7 +36,7 @@ from tasks.curate_shard import process_shard
 from tasks.ingest import Shard, plan_shards, resolve_inputs
 from warehouse import Warehouse
 from warehouse.schema import CURATE_STAGES
-from warehouse.shard_files import sweep_partial, write_shard
+from warehouse.shard_files import shard_is_complete, sweep_partial, write_shard
 
 
 @dataclass
@@ -127,9 +127,14 @@ def curate_flow(inputs: list[str], cfg: Config, parent_run_id: str | None = None
             loaded = wh.loaded_shards()
             sweep_partial(root)
             for shard, result in crawl_shards:
-                if shard.key not in loaded:
+                if shard.key not in loaded or not shard_is_complete(root, shard.key):
                     _write_crawl_shard(root, shard.key, result)
-                    wh.load_shard(shard.key, snapshot, shard.kind, shard.label)
+                    wh.load_shard(shard.key, snapshot, shard.kind, shard.label)  # a no-op when loaded
+            # A loaded shard whose Parquet folder is gone (removed as `warehouse verify` advises when it
+            # is damaged) is curated again for its files only: its rows are in DuckDB already.
+            for future in [process_shard.submit(s, cfg.curate, snapshot, root) for s in shards
+                           if s.key in loaded and not shard_is_complete(root, s.key)]:
+                future.result()
             todo = [s for s in shards if s.key not in loaded]
             logger.info("snapshot %s: %d shards, %d to do", snapshot, len(shards), len(todo))
             futures = [process_shard.submit(s, cfg.curate, snapshot, root) for s in todo]

@@ -3,9 +3,10 @@
     from warehouse.shard_files import write_shard, shard_is_complete
     write_shard(root, key, documents, rejections, stats)   # lists of row dicts
 
-Layout: `<root>/parquet/shards/<key>/{documents,rejections,stats}.parquet` (zstd). The three
-files are written into a temporary folder that is renamed into place last: a rename is atomic,
-so a shard killed half-way leaves only a `*.tmp-<pid>` folder, which is ignored and swept.
+Layout: `<root>/parquet/shards/<key>/{documents,rejections,stats}.parquet` (zstd), each with its
+checksum record `<name>.sha256.json` (warehouse.files). The three files are written into a
+temporary folder that is renamed into place last: a rename is atomic, so a shard killed (or out
+of disk space) half-way leaves only a `*.tmp-<pid>` folder, which is ignored and swept.
 Outside tools can read e.g. `read_parquet('<root>/parquet/shards/*/documents.parquet')`.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.files import guard, write_parquet
 from warehouse.schema import DOCUMENTS, REJECTIONS, SHARD_STATS
 
 TABLES = {"documents": DOCUMENTS, "rejections": REJECTIONS, "stats": SHARD_STATS}
@@ -41,16 +43,16 @@ def write_shard(root: Path, key: str, documents: list[dict], rejections: list[di
         return final  # done before (a retry, or a second run racing us): same content by construction
     tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, rows in (("documents", documents), ("rejections", rejections), ("stats", stats)):
-        table = pa.Table.from_pylist(rows, schema=TABLES[name])
-        pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    with guard(final, [tmp]):  # a failed write (a full disk) leaves no temporary folder behind
+        tmp.mkdir(parents=True)
+        for name, rows in (("documents", documents), ("rejections", rejections), ("stats", stats)):
+            write_parquet(pa.Table.from_pylist(rows, schema=TABLES[name]), tmp / f"{name}.parquet")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -73,12 +75,8 @@ def stage_file(root: Path, stage: str, key: str, shard: str) -> Path:
 
 
 def write_table(path: Path, table: pa.Table) -> Path:
-    """Write a Parquet file (zstd) under a temporary name and rename it: complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-    return path
+    """Write a Parquet file (zstd) and its checksum record: complete or absent (warehouse.files)."""
+    return write_parquet(table, path)
 
 
 def read_curated(root: Path, shard: str, columns: list[str]) -> pa.Table:

@@ -12,7 +12,10 @@ shard is one transaction: its documents, rejections, stats and its ledger row co
 or not at all, so a kill at any moment leaves every shard fully loaded or absent. The load is
 also the `store` stage: a document whose doc_id is already in the warehouse, or whose URL is
 already in this snapshot, is recorded as a rejection instead of a second row.
-Every query is parameterized.
+Every query is parameterized. Closing a read-write warehouse after a stage wrote to it exports
+its tables to the Parquet mirror (warehouse.mirror), from which `crawl2model warehouse rebuild`
+makes the DuckDB file again. A write that finds the disk full rolls back and raises
+warehouse.files.DiskFullError (the path, the free space); the file stays as it was.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 
 import duckdb
 
+from warehouse.files import disk_full_error, is_disk_full
+from warehouse.mirror import export_tables
 from warehouse.schema import CURATE_STAGES, DDL, PII_COLUMNS
 from warehouse.shard_files import shard_dir
 
@@ -42,10 +47,19 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute("BEGIN TRANSACTION")
     try:
         yield
-    except BaseException:
-        con.execute("ROLLBACK")
+        con.execute("COMMIT")
+    except BaseException as exc:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # a COMMIT that failed (e.g. the WAL write found the disk full) has rolled back already
+        if is_disk_full(exc):
+            raise disk_full_error(database_path(con), exc) from exc
         raise
-    con.execute("COMMIT")
+
+
+def database_path(con: duckdb.DuckDBPyConnection) -> Path:
+    return Path(con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0])
 
 
 def _now() -> datetime:
@@ -53,9 +67,11 @@ def _now() -> datetime:
 
 
 class Warehouse:
-    def __init__(self, con: duckdb.DuckDBPyConnection, root: Path):
+    def __init__(self, con: duckdb.DuckDBPyConnection, root: Path, read_only: bool = False):
         self.con = con
         self.root = root
+        self.read_only = read_only
+        self.closed = False
 
     @classmethod
     def open(cls, root: Path, read_only: bool = False) -> "Warehouse":
@@ -71,17 +87,37 @@ class Warehouse:
                 f"cannot open {path}: {exc}\nAnother crawl2model process is probably writing it; wait for it to finish."
             ) from None
         if not read_only:
-            con.execute(DDL)
-        return cls(con, root)
+            try:
+                con.execute(DDL)
+            except duckdb.Error as exc:
+                con.close()
+                if is_disk_full(exc):
+                    raise disk_full_error(path, exc) from exc
+                raise
+        return cls(con, root, read_only)
 
-    def close(self) -> None:
-        self.con.close()
+    def close(self, export: bool = True) -> None:
+        """Close; a read-write warehouse first brings the Parquet table mirror up to date (a no-op
+        when nothing changed since the last export). A second close does nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if export and not self.read_only:
+                export_tables(self.con, self.root)
+        finally:
+            try:
+                self.con.close()  # checkpoints the WAL into the file
+            except duckdb.Error as exc:
+                if is_disk_full(exc):  # the WAL keeps every commit: the next open replays it
+                    raise disk_full_error(self.root / DB_NAME, exc) from exc
+                raise
 
     def __enter__(self) -> "Warehouse":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(export=exc_type is None)  # after a failure the mirror stays at the last good state
 
     def _rows(self, sql: str, params: list | tuple = ()) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, params)
