@@ -172,3 +172,19 @@ def test_rebuild_keeps_a_newer_duckdb_file_and_mirror_refresh(copy):
     rebuild(copy, force=True)  # replaces a file that opens: the old one is kept beside it
     assert all_tables(copy) == before
     assert len(list(copy.glob("warehouse.duckdb.replaced-*"))) == 1
+
+
+def test_files_from_before_checksums_are_flagged_until_recorded(tmp_path):
+    import pyarrow as pa
+
+    from warehouse.verify import record_missing
+
+    legacy = tmp_path / "parquet" / "shards" / "k1" / "documents.parquet"
+    legacy.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"doc_id": ["a", "b", "c"]}), legacy)  # as a data root from before checksums holds it
+    found = [p for p in verify(tmp_path)[0] if p.path == str(legacy)]
+    assert [p.what for p in found] == ["no checksum recorded"]
+    assert found[0].fix.startswith("crawl2model warehouse verify --record")
+    assert record_missing(tmp_path) == [legacy] and read_record(legacy)["rows"] == 3
+    assert [p for p in verify(tmp_path)[0] if "/parquet/" in p.path] == []
+    assert record_missing(tmp_path) == []  # recorded once
