@@ -13,14 +13,19 @@ The run: `run_curate` (Prefect ProcessPoolTaskRunner, DuckDB load, MLflow run) i
 over a fresh data root; this process samples, every `--interval` seconds with psutil, the RSS of
 the child and all its descendants (pool workers, Prefect's server): their sum (shared pages
 counted in each process) and the largest single process; it also watches the shard folders
-appear (`parquet/shards/<key>`, renamed into place when a worker finishes a shard).
+appear (`parquet/shards/<key>`, renamed into place when a worker finishes a shard). RSS is also
+split by role: the main process (flow, DuckDB load, MLflow), the largest shard worker, Prefect's
+server, so that growth can be placed.
 
 Prints the RSS timeline every `--every` seconds; per shard, in finishing order: docs in, docs/s
 (ingest docs over the seconds the worker spent in the shard's stages) and the peak RSS since the
 previous shard finished; then the verdicts after the warm-up (the first `--warmup` shards, default
 the first round of workers): RSS growth per shard (least-squares slope of the per-shard peak; flat
 when the fitted drift over all shards is under 10% of the median) and docs/s of the last third of
-the shards against the first third (no slowdown when >= 0.9). Results also go to bench/out/soak.json.
+the shards against the first third (no slowdown when >= 0.9), each shard's docs/s taken relative to
+the median of the shards copied from the same source file (same pages, so content drops out); and
+the shard workers' CPU milliseconds per document by round (`--workers` shards in finishing order),
+which, unlike wall-clock docs/s, the rest of a shared machine does not move. Results also go to bench/out/soak.json.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -62,22 +68,53 @@ def child(root: Path, workers: int, warcs: list[str]) -> None:
                       "docs_out": summary.documents, "seconds": seconds}), flush=True)
 
 
-def tree_rss(proc) -> tuple[float, float, int]:
-    """(sum of RSS MB, largest RSS MB, processes) of a process and its descendants."""
+def role(p, main_pid: int) -> str:
+    """What a process of the tree is: main (the flow), server (Prefect's), worker (a shard pool's), other."""
+    if p.pid == main_pid:
+        return "main"
+    try:
+        cmd = " ".join(p.cmdline())
+    except Exception:  # noqa: BLE001 - gone or unreadable: counted as other
+        return "other"
+    if "uvicorn" in cmd or "prefect.server" in cmd:
+        return "server"
+    if "resource_tracker" in cmd or "semaphore_tracker" in cmd:
+        return "other"
+    if "multiprocessing" in cmd or "spawn_main" in cmd or "forkserver" in cmd or "--child" in cmd:
+        return "worker"  # spawned pool workers, or forked ones (which keep the main process's command line)
+    return "other"
+
+
+def tree_rss(proc) -> dict:
+    """RSS in MB of a process and its descendants: their sum (tree), the largest process, the main
+    process, the largest worker, Prefect's server; how many processes there are; the CPU seconds
+    the live shard workers have used so far."""
     import psutil
 
-    total, largest, n = 0, 0, 0
+    out = {"tree_mb": 0.0, "largest_mb": 0.0, "main_mb": 0.0, "worker_mb": 0.0, "server_mb": 0.0, "procs": 0,
+           "worker_cpu_s": 0.0}
     try:
         members = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0, 0.0, 0
+        return out
     for p in members:
         try:
-            rss = p.memory_info().rss
+            mb = p.memory_info().rss / 2**20
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        total, largest, n = total + rss, max(largest, rss), n + 1
-    return total / 2**20, largest / 2**20, n
+        kind = role(p, proc.pid)
+        if kind == "worker":
+            try:
+                cpu = p.cpu_times()
+                out["worker_cpu_s"] += cpu.user + cpu.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        out["tree_mb"] += mb
+        out["largest_mb"] = max(out["largest_mb"], mb)
+        if kind != "other":
+            out[f"{kind}_mb"] = max(out[f"{kind}_mb"], mb)
+        out["procs"] += 1
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -147,20 +184,23 @@ def main() -> None:
     watched = psutil.Process(proc.pid)
     samples: list[dict] = []
     finished: dict[str, float] = {}   # shard key -> seconds since start when its folder appeared
+    cpu_at: dict[str, float] = {}     # shard key -> the workers' CPU seconds then
     shards_dir = root / "parquet" / "shards"
     next_print = 0.0
-    print(f"{'t s':>6s} {'tree RSS MB':>12s} {'largest MB':>11s} {'procs':>6s} {'shards done':>12s}")
+    print(f"{'t s':>6s} {'tree RSS MB':>12s} {'main MB':>8s} {'worker MB':>10s} {'server MB':>10s} {'procs':>6s} "
+          f"{'shards done':>12s}")
     while proc.poll() is None:
         t = time.monotonic() - start
-        total, largest, n = tree_rss(watched)
+        rss = tree_rss(watched)
         if shards_dir.is_dir():
             for d in shards_dir.iterdir():
                 if d.is_dir() and ".tmp" not in d.name and d.name not in finished:
                     finished[d.name] = t
-        samples.append({"t": round(t, 2), "tree_mb": round(total, 1), "largest_mb": round(largest, 1), "procs": n,
-                        "shards_done": len(finished)})
+                    cpu_at[d.name] = rss["worker_cpu_s"]
+        samples.append({"t": round(t, 2), **rss, "shards_done": len(finished)})
         if t >= next_print:
-            print(f"{t:6.1f} {total:12.0f} {largest:11.0f} {n:6d} {len(finished):12d}", flush=True)
+            print(f"{t:6.1f} {rss['tree_mb']:12.0f} {rss['main_mb']:8.0f} {rss['worker_mb']:10.0f} "
+                  f"{rss['server_mb']:10.0f} {rss['procs']:6d} {len(finished):12d}", flush=True)
             next_print += args.every
         time.sleep(args.interval)
     output = proc.stdout.read()
@@ -170,6 +210,7 @@ def main() -> None:
     if shards_dir.is_dir():  # a shard finished between the last sample and the exit
         for d in shards_dir.iterdir():
             finished.setdefault(d.name, time.monotonic() - start)
+            cpu_at.setdefault(d.name, samples[-1]["worker_cpu_s"] if samples else 0.0)
 
     rates = shard_rates(root)
     order = sorted((t, key) for key, t in finished.items() if key in rates and rates[key]["docs_in"])
@@ -178,32 +219,59 @@ def main() -> None:
         window = [s for s in samples if previous <= s["t"] <= t] or [min(samples, key=lambda s: abs(s["t"] - t))]
         per_shard.append({"n": i + 1, "shard": rates[key].get("label", key[:12]), "finished_s": round(t, 1),
                           "docs_in": rates[key]["docs_in"], "docs_per_s": round(rates[key]["docs_per_s"], 1),
-                          "peak_tree_mb": max(s["tree_mb"] for s in window),
-                          "peak_largest_mb": max(s["largest_mb"] for s in window)})
+                          "worker_cpu_s": cpu_at.get(key, 0.0),
+                          **{f"peak_{k}": max(s[k] for s in window)
+                             for k in ("tree_mb", "main_mb", "worker_mb", "server_mb")}})
         previous = t
 
-    print(f"\n{'#':>3s} {'shard':28s} {'done at s':>9s} {'docs in':>8s} {'docs/s':>7s} {'peak tree MB':>13s} "
-          f"{'largest MB':>11s}")
+    print(f"\n{'#':>3s} {'shard':28s} {'done at s':>9s} {'docs in':>8s} {'docs/s':>7s}   peak RSS MB: "
+          f"{'tree':>6s} {'main':>6s} {'worker':>6s} {'server':>6s}")
     for r in per_shard:
-        print(f"{r['n']:3d} {r['shard'][:28]:28s} {r['finished_s']:9.1f} {r['docs_in']:8d} {r['docs_per_s']:7.1f} "
-              f"{r['peak_tree_mb']:13.0f} {r['peak_largest_mb']:11.0f}")
+        print(f"{r['n']:3d} {r['shard'][:28]:28s} {r['finished_s']:9.1f} {r['docs_in']:8d} {r['docs_per_s']:7.1f}   "
+              f"{'':12s} {r['peak_tree_mb']:6.0f} {r['peak_main_mb']:6.0f} {r['peak_worker_mb']:6.0f} "
+              f"{r['peak_server_mb']:6.0f}")
+
+    # Rounds of `workers` shards in finishing order: the workers' CPU seconds per document over a
+    # round does not depend on how busy the rest of the machine is, unlike wall-clock docs/s.
+    rounds, prev_cpu = [], 0.0
+    for i in range(0, len(per_shard), args.workers):
+        chunk = per_shard[i:i + args.workers]
+        cpu = chunk[-1]["worker_cpu_s"]
+        rounds.append({"round": len(rounds) + 1, "shards": [r["n"] for r in chunk],
+                       "docs": sum(r["docs_in"] for r in chunk),
+                       "cpu_ms_per_doc": round(1000 * (cpu - prev_cpu) / max(1, sum(r["docs_in"] for r in chunk)), 2)})
+        prev_cpu = cpu
+    print("worker CPU ms per document, by round of " + str(args.workers) + " shards: "
+          + ", ".join(f"{r['cpu_ms_per_doc']:.1f}" for r in rounds))
 
     after = per_shard[warmup:]
     verdict: dict = {"warmup_shards": warmup, "shards_after_warmup": len(after)}
     if len(after) >= 3:
         xs = [r["n"] for r in after]
-        for col in ("peak_tree_mb", "peak_largest_mb"):
+        for col in ("peak_tree_mb", "peak_main_mb", "peak_worker_mb", "peak_server_mb"):
             ys = [r[col] for r in after]
             growth = slope(xs, ys)
-            drift = growth * (len(after) - 1) / statistics.median(ys)
+            drift = growth * (len(after) - 1) / (statistics.median(ys) or 1.0)
             verdict[col] = {"growth_mb_per_shard": round(growth, 2), "drift": round(drift, 3),
                             "flat": abs(drift) < FLAT_DRIFT}
+        # Shards of one source file (copyN-<file>) hold the same pages: each shard's docs/s relative
+        # to the median of its own source's shards takes the content out and leaves the trend.
+        by_source: dict[str, list[float]] = {}
+        for r in after:
+            by_source.setdefault(re.sub(r"^copy\d+-", "", r["shard"]), []).append(r["docs_per_s"])
+        rel = [r["docs_per_s"] / statistics.median(by_source[re.sub(r"^copy\d+-", "", r["shard"])]) for r in after]
         third = max(1, len(after) // 3)
-        first = statistics.median(r["docs_per_s"] for r in after[:third])
-        last = statistics.median(r["docs_per_s"] for r in after[-third:])
-        verdict["docs_per_s"] = {"first_third": round(first, 1), "last_third": round(last, 1),
+        first, last = statistics.median(rel[:third]), statistics.median(rel[-third:])
+        verdict["docs_per_s"] = {"first_third": round(first, 3), "last_third": round(last, 3),
                                  "ratio": round(last / first, 3), "no_slowdown": last / first >= NO_SLOWDOWN,
-                                 "slope_per_shard": round(slope(xs, [r["docs_per_s"] for r in after]), 2)}
+                                 "relative_slope_per_shard": round(slope(xs, rel), 4)}
+        late = rounds[max(1, -(-warmup // args.workers)):]  # rounds after the warm-up shards
+        if len(late) >= 2:
+            third = max(1, len(late) // 3)
+            a = statistics.median(r["cpu_ms_per_doc"] for r in late[:third])
+            b = statistics.median(r["cpu_ms_per_doc"] for r in late[-third:])
+            verdict["cpu_ms_per_doc"] = {"first_third": a, "last_third": b, "ratio": round(b / a, 3) if a else None,
+                                         "no_slowdown": bool(a) and a / b >= NO_SLOWDOWN if b else True}
     peak_tree = max(s["tree_mb"] for s in samples)
     peak_largest = max(s["largest_mb"] for s in samples)
     report = {"scale": args.scale, "workers": args.workers, "warcs": len(warcs), "cpus": os.cpu_count(),
@@ -219,13 +287,20 @@ def main() -> None:
     if len(after) < 3:
         print(f"too few shards after the warm-up ({len(after)}) for a verdict: raise --scale")
         return
-    for col, what in (("peak_tree_mb", "tree RSS"), ("peak_largest_mb", "largest process RSS")):
+    for col, what in (("peak_tree_mb", "tree RSS"), ("peak_main_mb", "main process RSS"),
+                      ("peak_worker_mb", "largest worker RSS"), ("peak_server_mb", "Prefect server RSS")):
         v = verdict[col]
-        print(f"{what}: {v['growth_mb_per_shard']:+.2f} MB per shard after {warmup} warm-up shards "
+        print(f"{what:20s}: {v['growth_mb_per_shard']:+6.2f} MB per shard after {warmup} warm-up shards "
               f"(fitted drift {v['drift']:+.1%} of the median): {'FLAT' if v['flat'] else 'GROWING'}")
     d = verdict["docs_per_s"]
-    print(f"docs/s per shard: first third {d['first_third']}, last third {d['last_third']} (x{d['ratio']}): "
-          f"{'no slowdown' if d['no_slowdown'] else 'SLOWDOWN'}; bench/out/soak.json")
+    print(f"docs/s per shard, relative to the same source file's median: first third {d['first_third']}, "
+          f"last third {d['last_third']} (x{d['ratio']}, {d['relative_slope_per_shard']:+.1%} per shard): "
+          f"{'no slowdown' if d['no_slowdown'] else 'SLOWDOWN'} (wall clock: machine load moves it)")
+    c = verdict.get("cpu_ms_per_doc")
+    if c:
+        print(f"worker CPU per document, rounds after the warm-up: first third {c['first_third']} ms, last third "
+              f"{c['last_third']} ms (x{c['ratio']}): {'no slowdown' if c['no_slowdown'] else 'SLOWDOWN'}")
+    print("bench/out/soak.json")
 
 
 if __name__ == "__main__":
