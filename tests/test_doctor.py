@@ -41,7 +41,7 @@ def row(printed: str, name: str) -> tuple[str, str, str]:
     raise AssertionError(f"no row {name!r} in:\n{printed}")
 
 
-def closed_port() -> int:
+def free_port() -> int:
     """A port on 127.0.0.1 where nothing listens (bound, then released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +80,7 @@ def test_unwritable_data_root_fails_and_says_so(tmp_path):
 
 
 def test_unreachable_configured_servers_fail_with_their_urls(tmp_path):
-    mlflow_url, prefect_url = f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}/api"
+    mlflow_url, prefect_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}/api"
     done = doctor(tmp_path / "root", env_extra={"MLFLOW_TRACKING_URI": mlflow_url, "PREFECT_API_URL": prefect_url})
     assert done.returncode == 1, done.stdout + done.stderr
     needed, status, detail = row(done.stdout, "MLflow tracking")
@@ -143,3 +143,27 @@ def test_table_escapes_markup_in_details():
     console = Console(width=200, record=True)
     console.print(render([Check("x", False, "warn", "pip install 'crawl2model[gguf]'")]))
     assert "crawl2model[gguf]" in console.export_text()
+
+
+@pytest.mark.slow
+def test_configured_servers_with_authentication_need_the_right_credentials(tmp_path):
+    """Real Prefect and MLflow servers with authentication on 127.0.0.1 (flows.servers): the right
+    credentials pass, a wrong MLflow password and a missing Prefect auth string each fail by name."""
+    from flows.servers import Credentials, start_servers
+
+    creds = Credentials("doctor-admin", "a-long-password-1", "doctor:prefect-secret")
+    with start_servers(tmp_path / "servers", free_port(), free_port(), auth=creds) as (prefect_url, mlflow_url):
+        env = {"PREFECT_API_URL": prefect_url + "/api", "MLFLOW_TRACKING_URI": mlflow_url,
+               "MLFLOW_TRACKING_USERNAME": creds.mlflow_username, "MLFLOW_TRACKING_PASSWORD": creds.mlflow_password,
+               "PREFECT_API_AUTH_STRING": creds.prefect_auth_string}
+        good = doctor(tmp_path / "root", env_extra=env)
+        bad = doctor(tmp_path / "root", env_extra={**env, "MLFLOW_TRACKING_PASSWORD": "not-the-password",
+                                                   "PREFECT_API_AUTH_STRING": ""})
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert row(good.stdout, "MLflow tracking")[1:] == ("ok", f"server at {mlflow_url} (as doctor-admin)")
+    assert row(good.stdout, "Prefect API")[2].endswith("(with PREFECT_API_AUTH_STRING)")
+    assert bad.returncode == 1
+    status, detail = row(bad.stdout, "MLflow tracking")[1:]
+    assert status == "fail" and "refuses MLFLOW_TRACKING_USERNAME/_PASSWORD (HTTP 401)" in detail
+    status, detail = row(bad.stdout, "Prefect API")[1:]
+    assert status == "fail" and "requires authentication: set PREFECT_API_AUTH_STRING" in detail
