@@ -29,7 +29,7 @@ from prefect.context import get_run_context
 from crawl2model.config import Config, stable_hash
 from flows.progress import progress_bar
 from flows.report import funnel_chart, funnel_markdown
-from flows.snapshot_stage import data_stage_runner
+from flows.snapshot_stage import data_stage_runner, results_in_order
 from flows.tracking import Tracking, flatten
 from tasks.crawl import CrawlResult, crawl_url_list
 from tasks.curate_shard import process_shard
@@ -137,14 +137,14 @@ def curate_flow(inputs: list[str], cfg: Config, parent_run_id: str | None = None
                 future.result()
             todo = [s for s in shards if s.key not in loaded]
             logger.info("snapshot %s: %d shards, %d to do", snapshot, len(shards), len(todo))
-            futures = [process_shard.submit(s, cfg.curate, snapshot, root) for s in todo]
+            # shards of a worker that died go to a fresh pool (results_in_order); Prefect retries the rest
+            calls = [{"shard": s, "cfg": cfg.curate, "snapshot": snapshot, "root": root} for s in todo]
             with progress_bar("curate", total=len(todo), enabled=show_progress and bool(todo)) as advance:
-                for shard, future in zip(todo, futures):  # load in plan order: same tables on every run
-                    try:
-                        future.result()
-                    except Exception as exc:  # the rest goes on; a re-run retries this shard
-                        logger.error("shard %s (%s) failed: %s", shard.key, shard.label, exc)
-                        failed.append(f"{shard.label}: {exc}")
+                for call, error, _ in results_in_order(process_shard, calls):  # plan order: same tables every run
+                    shard = call["shard"]
+                    if error is not None:  # the rest goes on; a re-run retries this shard
+                        logger.error("shard %s (%s) failed: %s", shard.key, shard.label, error)
+                        failed.append(f"{shard.label}: {error}")
                         advance()
                         continue
                     wh.load_shard(shard.key, snapshot, shard.kind, shard.label)

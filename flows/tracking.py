@@ -14,18 +14,19 @@ them); one that refuses them fails the first call with a CredentialsError that s
 
 A tracking server that stops answering in the middle of a stage (restarted, network blip) does
 not stop the stage or lose a metric: metrics that cannot be sent stay in memory, in order, with
-their original timestamps, and the stage goes on (a cheap /health probe every few seconds, not
-MLflow's exponential backoff of up to 2 minutes per request); they are sent as soon as the server
-answers again (a resent batch is deduplicated by the server: same key, step, value, timestamp).
-When the run ends, Tracking waits up to C2M_MLFLOW_OUTAGE_S (default 600) seconds for the server;
-if it is still down, the unsent metrics go to `<root>/mlflow-pending/<run_id>.jsonl` and the stage
-fails with a TrackingUnavailable that says so; the next Tracking over that data root (the re-run)
-sends them first.
+their original timestamps, and the stage goes on; a /health probe every 2 s (instead of MLflow's
+own retries, ~4 minutes of backoff growing to 2 minutes between tries) sees the server back, and
+they are sent at once (a batch sent twice is deduplicated by the server). Params, tags, artifacts
+and the end of a run wait for a server known to be down, up to C2M_MLFLOW_OUTAGE_S (default 600)
+seconds of outage; past that the unsent metrics go to `<root>/mlflow-pending/<run_id>.jsonl` and
+the stage fails with a TrackingUnavailable that says so. The next Tracking over that data root
+(any stage, or the pipeline's start: `crawl2model run` again) sends them to their run first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -230,8 +231,17 @@ class Tracking:
             return
         for path in sorted(self.pending_dir.glob("*.jsonl")):
             metrics = [Metric(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
-            for i in range(0, len(metrics), _BATCH):
-                self._send(path.stem, metrics[i : i + _BATCH])
+            try:
+                for i in range(0, len(metrics), _BATCH):  # a batch sent twice is deduplicated by the server
+                    self._send(path.stem, metrics[i : i + _BATCH])
+            except MlflowException as exc:
+                if unreachable(exc):
+                    return  # still down after all: the files wait for the next run
+                # e.g. the run was deleted: keep the file aside, never block every later run on it
+                path.rename(path.with_suffix(".unsendable"))
+                logging.getLogger(__name__).warning("metrics in %s could not be sent (%s); kept as %s", path,
+                                                    exc.message, path.with_suffix(".unsendable"))
+                continue
             path.unlink()
 
     def log_files(self, run_id: str, files: Iterable[Path], artifact_path: str | None = None) -> None:

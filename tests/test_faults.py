@@ -58,78 +58,146 @@ def warehouse_rows(root: Path) -> dict[str, list[tuple]]:
         con.close()
 
 
-def _scheduler():
-    from distributed.scheduler import Scheduler
-
-    return next((s for s in list(Scheduler._instances) if s.status.name == "running"), None)
-
-
-def kill_a_busy_worker(shards: Path, stop: threading.Event, killed: list[dict]) -> None:
-    """Once a shard is done and others remain, SIGKILL the process of a Dask worker that is running
-    a shard task right now (found through the LocalCluster's scheduler, which lives in this process)."""
-    while not stop.is_set():
-        scheduler = _scheduler()
-        done = sum(1 for p in shards.iterdir() if ".tmp-" not in p.name) if shards.is_dir() else 0
-        if scheduler is not None and done >= 1:
-            for ws in list(scheduler.workers.values()):
-                busy = [ts.key for ts in list(ws.processing)]
-                if busy and ws.pid:
-                    killed.append({"pid": ws.pid, "tasks": busy, "shards_done": done})
-                    psutil.Process(ws.pid).send_signal(signal.SIGKILL)
-                    return
-        time.sleep(0.02)
-
-
-def test_dask_worker_killed_mid_curation_gives_the_same_warehouse(prefect_server, tmp_path, monkeypatch):
+def curate(pages: Path, root: Path, kind: str):
+    """The curate stage of the pages into `root` (runner.kind `kind`, 2 workers, 2 pages a shard)."""
     from flows.curate import run_curate
 
-    pages = tmp_path / "pages"  # 12 real articles: 6 shards of 2 files
-    pages.mkdir()
-    for page in sorted(shared("html", "articles").glob("*.html.gz"))[:12]:
-        shutil.copy(page, pages / page.name)
-
-    def curate(root: Path, stop_watch: threading.Event | None = None):
-        monkeypatch.setenv("C2M_HOME", str(root))
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        cfg = load_config(overrides=["curate.workers=2", "curate.ingest.html_batch_size=2", "runner.kind=dask"],
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("C2M_HOME", str(root))
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        cfg = load_config(overrides=["curate.workers=2", "curate.ingest.html_batch_size=2", f"runner.kind={kind}"],
                           data_root=root)
         started = time.perf_counter()
         summary = run_curate([str(pages)], cfg, show_progress=False)
         return summary, time.perf_counter() - started
 
-    clean, clean_s = curate(tmp_path / "clean")
 
-    faulty = tmp_path / "faulty"
-    killed: list[dict] = []
-    stop = threading.Event()
-    watcher = threading.Thread(target=kill_a_busy_worker, args=(faulty / "parquet" / "shards", stop, killed),
-                               daemon=True)
-    watcher.start()
-    try:
-        summary, faulty_s = curate(faulty)
-    finally:
-        stop.set()
-        watcher.join(timeout=5)
-    print(f"\nclean {clean_s:.1f} s, with a worker killed {faulty_s:.1f} s: {killed}")
+@pytest.fixture(scope="module")
+def undisturbed(prefect_server, tmp_path_factory):
+    """12 real articles (6 shards) curated by the default process pool with nothing disturbed
+    (tests/test_dask_runner.py shows the Dask runner gives the same warehouse)."""
+    pages = tmp_path_factory.mktemp("pages")
+    for page in sorted(shared("html", "articles").glob("*.html.gz"))[:12]:
+        shutil.copy(page, pages / page.name)
+    root = tmp_path_factory.mktemp("undisturbed")
+    summary, seconds = curate(pages, root, "process")
+    return pages, root, summary, seconds
 
-    assert killed, "no worker was busy with a shard after the first one finished: nothing was killed"
-    assert not psutil.pid_exists(killed[0]["pid"]) or psutil.Process(killed[0]["pid"]).status() == "zombie"
-    assert killed[0]["shards_done"] < clean.shards, "the kill came after all the work"
+
+def shards_done(root: Path) -> int:
+    shards = root / "parquet" / "shards"
+    return sum(1 for p in shards.iterdir() if ".tmp-" not in p.name) if shards.is_dir() else 0
+
+
+def kill_during(root: Path, find_worker, killed: list[dict]) -> threading.Thread:
+    """A thread that SIGKILLs the worker process `find_worker()` returns as soon as one shard is done
+    (and others remain: it records how many were done)."""
+    def watch():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = shards_done(root)
+            worker = find_worker() if done >= 1 else None
+            if worker is not None:
+                killed.append({"pid": worker.pid, "shards_done": done})
+                worker.send_signal(signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def busy_dask_worker() -> psutil.Process | None:
+    """The process of a Dask worker that is running a shard task now, found through the
+    LocalCluster's scheduler (it lives in this process)."""
+    from distributed.scheduler import Scheduler
+
+    for scheduler in list(Scheduler._instances):
+        if scheduler.status.name != "running":
+            continue
+        for ws in list(scheduler.workers.values()):
+            if ws.processing and ws.pid:
+                return psutil.Process(ws.pid)
+    return None
+
+
+def process_pool_worker(existing: set[int]):
+    """A finder for a worker process of Prefect's ProcessPoolTaskRunner (spawned children of this
+    process that were not there before the stage)."""
+    def find() -> psutil.Process | None:
+        for child in psutil.Process().children():
+            try:
+                if child.pid not in existing and "spawn_main" in " ".join(child.cmdline()):
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        return None
+    return find
+
+
+def assert_same_warehouse(root: Path, summary, undisturbed) -> None:
+    _, clean_root, clean, _ = undisturbed
     assert summary.shards_processed == summary.shards == clean.shards == 6
     assert summary.snapshot == clean.snapshot and summary.documents == clean.documents > 0
-    clean_rows, faulty_rows = warehouse_rows(tmp_path / "clean"), warehouse_rows(faulty)
-    assert set(faulty_rows) == set(clean_rows) >= {"documents", "rejections", "shard_stats", "shards", "snapshots"}
+    clean_rows, rows = warehouse_rows(clean_root), warehouse_rows(root)
+    assert set(rows) == set(clean_rows) >= {"documents", "rejections", "shard_stats", "shards", "snapshots"}
     for table in clean_rows:
-        assert len(faulty_rows[table]) == len(clean_rows[table]), table
-        assert faulty_rows[table] == clean_rows[table], table
+        assert len(rows[table]) == len(clean_rows[table]), table
+        assert rows[table] == clean_rows[table], table
 
-    # Prefect saw every shard task of the disturbed run end COMPLETED, one per shard: the killed
-    # worker's tasks were not lost or doubled (Dask recomputed them on a live worker)
+
+def shard_task_runs(summary) -> list[tuple[str, str]]:
+    """(name, state) of the stage's shard task runs in Prefect (the name holds the shard's label)."""
     flow_run_id = MlflowClient().get_run(summary.mlflow_run_id).data.tags["prefect.flow_run_id"]
     with get_client(sync_client=True) as prefect:
         task_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    states = [r.state_type.value for r in task_runs if r.task_key.startswith("process_shard-")]
-    assert states == ["COMPLETED"] * summary.shards
+    return [(r.name, r.state_type.value) for r in task_runs if r.task_key.startswith("process_shard-")]
+
+
+def shard_task_states(summary) -> list[str]:
+    return sorted(state for _, state in shard_task_runs(summary))
+
+
+def test_dask_worker_killed_mid_curation_gives_the_same_warehouse(undisturbed, tmp_path, monkeypatch):
+    pages, *_ = undisturbed
+    root = tmp_path / "dask"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")  # for shard_task_states
+    killed: list[dict] = []
+    watcher = kill_during(root, busy_dask_worker, killed)
+    summary, seconds = curate(pages, root, "dask")
+    watcher.join(timeout=5)
+    print(f"\nundisturbed {undisturbed[3]:.1f} s, Dask with a worker killed {seconds:.1f} s: {killed}")
+    assert killed, "no worker was busy with a shard after the first one finished: nothing was killed"
+    assert killed[0]["shards_done"] < summary.shards, "the kill came after all the work"
+    assert_same_warehouse(root, summary, undisturbed)
+    # Prefect saw every shard task end COMPLETED, one per shard: the dead worker's tasks were
+    # neither lost nor doubled (Dask's scheduler reran them on a live worker)
+    assert shard_task_states(summary) == ["COMPLETED"] * summary.shards
+
+
+def test_process_pool_worker_killed_mid_curation_gives_the_same_warehouse(undisturbed, tmp_path, monkeypatch):
+    """The default runner: a dead worker breaks Prefect's whole process pool; the stage submits the
+    shards it failed to a fresh pool (flows.snapshot_stage.results_in_order) and completes."""
+    pages, *_ = undisturbed
+    root = tmp_path / "process"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    killed: list[dict] = []
+    existing = {p.pid for p in psutil.Process().children(recursive=True)}
+    watcher = kill_during(root, process_pool_worker(existing), killed)
+    summary, seconds = curate(pages, root, "process")
+    watcher.join(timeout=5)
+    print(f"\nundisturbed {undisturbed[3]:.1f} s, process pool with a worker killed {seconds:.1f} s: {killed}")
+    assert killed, "no pool worker was found after the first shard finished: nothing was killed"
+    assert killed[0]["shards_done"] < summary.shards, "the kill came after all the work"
+    assert_same_warehouse(root, summary, undisturbed)
+    # one COMPLETED task run per shard (a shard done before the kill is not submitted again); the
+    # dead worker's own runs are CRASHED, not left RUNNING
+    runs = shard_task_runs(summary)
+    print("shard task runs:", sorted(state for _, state in runs))
+    completed = [name for name, state in runs if state == "COMPLETED"]
+    assert sorted(completed) == sorted({name for name, _ in runs}) and len(completed) == summary.shards
+    assert {state for _, state in runs} == {"COMPLETED", "CRASHED"}
 
 
 # --- the MLflow server stopped in the middle of a stage ------------------------------------------
@@ -308,3 +376,4 @@ def test_mlflow_server_down_too_long_fails_clearly_and_the_rerun_sends_every_met
     history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
     assert history == [(step, 10.0 - step / 2) for step in steps]
     assert [m.step for m in client.get_metric_history(run_id, "train/lr")] == list(steps)
+
