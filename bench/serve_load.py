@@ -223,7 +223,8 @@ def main() -> None:
             result = drive(base, kind, args.clients, args.requests, args.seconds, args.max_tokens, args.timeout)
         finally:
             code = server.stop()
-        closed = socket.socket().connect_ex(("127.0.0.1", port)) != 0
+        with socket.socket() as probe:
+            closed = probe.connect_ex(("127.0.0.1", port)) != 0
     result.update({"source": what, "endpoint": request_body(kind, 0, 1)[0], "max_tokens": args.max_tokens,
                    "server_exit": code, "port_closed_after": closed, "loadavg": os.getloadavg()[0],
                    "cpus": os.cpu_count()})
