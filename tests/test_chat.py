@@ -312,10 +312,12 @@ def serve_until_answered(args: list[str], port: int, request) -> tuple[object, s
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, "--port", str(port)], env=cli_env(),
                                 cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            # the CLI's own line, printed once the port answers (llama.cpp prints "reserving a graph" before it listens)
+            ready = re.compile(rf"^serving .* at http://127\.0\.0\.1:{port}\b", re.MULTILINE)
             deadline = time.monotonic() + 240
-            while "serving" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            while not ready.search(log.read_text()) and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.3)
-            assert "serving" in log.read_text(), log.read_text()[-3000:]
+            assert ready.search(log.read_text()), log.read_text()[-3000:]
             result = request(f"http://127.0.0.1:{port}")
             proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the CLI, not the server in its own session
             assert proc.wait(timeout=60) == 0
