@@ -3,9 +3,12 @@ an undisturbed run of the same input.
 
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_faults.py
 
-- A Dask worker process SIGKILLed while curation shards run on it (`runner.kind=dask`): the shard
-  runs again on a live worker and the warehouse holds the same tables, row for row, as a run
-  nobody disturbed.
+- A Dask worker process SIGKILLed while curation shards run on it (`runner.kind=dask`): Dask's
+  scheduler reruns its shards on a live worker, every shard's Prefect task run ends COMPLETED,
+  and the warehouse holds the same tables, row for row, as a run nobody disturbed.
+- The same on the default runner (Prefect's process pool), where one dead worker breaks the whole
+  pool: the stage sends the shards it failed to a fresh pool (flows.snapshot_stage.results_in_order),
+  marks the dead worker's task runs CRASHED, and ends with the same warehouse.
 - The MLflow tracking server stopped in the middle of pretraining and started again on the same
   port and store: the stage goes on (flows.tracking keeps the metrics it could not send and sends
   them when the server answers again), finishes, and the store holds every step's metrics, equal
@@ -16,7 +19,6 @@ an undisturbed run of the same input.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
