@@ -41,8 +41,8 @@ from prefect.context import get_run_context
 
 from crawl2model.config import Config, TuneConfig, stable_hash
 from flows.tracking import Tracking, flatten
-from tasks.bpe import file_sha256
 from tasks.token_shards import is_val
+from warehouse.files import file_sha256
 
 SELF_PLAY_SHARE = 0.2  # of the corpus's train documents: DPO self-play prompts, never SFT pairs
 
@@ -137,16 +137,12 @@ def refusal_data(cfg: Config, checkpoint: Path) -> tuple[Path, dict]:
     """Probe the SFT model on the probe split of the facts (several samples each); wrong or
     inconsistent answers become "I don't know" rows, right ones keep their answer. Returns the rows'
     file (posttrain/sft-idk-<id>.jsonl) and the counts."""
-    from tokenizers import Tokenizer
-
     from flows.assistant_data import knowledge_facts
-    from model.hf import tokenizer_folder
     from model.knowledge import probe, refusal_rows
-    from model.sampling import load_model
+    from model.sampling import load_model_and_tokenizer
 
     k = cfg.knowledge
-    model, _ = load_model(checkpoint)
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
+    model, tokenizer = load_model_and_tokenizer(checkpoint)
     probed = probe(model, tokenizer, [f for f in knowledge_facts(cfg) if f.split == "probe"], samples=k.probe_samples,
                    temperature=k.probe_temperature, seed=k.seed)
     rows = refusal_rows(probed, k.refusal_repeats, k.seed)
@@ -160,15 +156,11 @@ def refusal_data(cfg: Config, checkpoint: Path) -> tuple[Path, dict]:
 
 def knowledge_metrics(cfg: Config, checkpoint: Path) -> dict:
     """model.knowledge's scores of a checkpoint on the eval split of the facts (never probed)."""
-    from tokenizers import Tokenizer
-
     from flows.assistant_data import knowledge_facts
-    from model.hf import tokenizer_folder
     from model.knowledge import knowledge_scores
-    from model.sampling import load_model
+    from model.sampling import load_model_and_tokenizer
 
-    model, _ = load_model(checkpoint)
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
+    model, tokenizer = load_model_and_tokenizer(checkpoint)
     return knowledge_scores(model, tokenizer, [f for f in knowledge_facts(cfg) if f.split == "eval"])
 
 
@@ -182,15 +174,11 @@ def self_play_data(cfg: Config, base: Path) -> Path:
     path = cfg.data_root / "posttrain" / f"dpo-self-play-{key}.jsonl"
     if path.exists():
         return path
-    from tokenizers import Tokenizer
-
-    from model.hf import tokenizer_folder
     from model.posttrain import self_play_pairs
-    from model.sampling import load_model
+    from model.sampling import load_model_and_tokenizer
 
     logger = get_run_logger()
-    model, _ = load_model(base)
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder(base) / "tokenizer.json"))
+    model, tokenizer = load_model_and_tokenizer(base)
     texts = [text for _, text in corpus_documents(cfg, base, self_play=True)]
     started = time.perf_counter()
     rows = self_play_pairs(model, tokenizer, texts, d.self_play_pairs, max_new_tokens=d.self_play_tokens, seed=d.seed)

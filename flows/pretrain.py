@@ -36,8 +36,9 @@ from prefect.context import get_run_context
 from crawl2model.config import Config, stable_hash
 from flows.tokenize_corpus import latest
 from flows.tracking import Tracking, flatten
-from tasks.bpe import file_sha256, load_tokenizer
+from tasks.bpe import load_tokenizer
 from tasks.token_shards import ShardSet
+from warehouse.files import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -39,7 +39,7 @@ from prefect.context import get_run_context
 
 from crawl2model.config import Config
 from flows.tracking import Tracking
-from tasks.bpe import file_sha256
+from warehouse.files import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING_REQUIREMENTS = ("torch", "tokenizers", "safetensors", "numpy", "mlflow")

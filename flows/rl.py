@@ -30,7 +30,7 @@ from crawl2model.config import Config, stable_hash
 from flows.assistant_data import USER_PROBLEMS_HELD_OUT, problem_split
 from flows.posttrain import MetricStream, TuneSummary, _write_jsonl, newest_of_stage, samples_table
 from flows.tracking import Tracking, flatten
-from tasks.bpe import file_sha256
+from warehouse.files import file_sha256
 
 
 def accuracy_curve(history: list[dict]):

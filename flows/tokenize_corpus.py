@@ -33,7 +33,6 @@ from flows.tracking import Tracking, flatten
 from tasks.bpe import (
     EOT,
     bytes_per_token,
-    file_sha256,
     load_tokenizer,
     longest_merges,
     plain_text_encoder,
@@ -43,6 +42,7 @@ from tasks.bpe import (
 from tasks.token_shards import ShardSet, assemble, encode_part, is_val, open_shard, write_manifest
 from warehouse import Warehouse
 from warehouse.corpus_queries import corpus_shards, corpus_stamp, shard_texts
+from warehouse.files import file_sha256
 
 SPLITS = ("train", "val")
 

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     import json
     from pathlib import Path
 
-    from model.knowledge import checkpoint_model, write_jsonl
+    from model.knowledge import write_jsonl
+    from model.sampling import load_model_and_tokenizer
 
     parser = argparse.ArgumentParser(description="Identity conversations (rows) or a checkpoint's identity scores.")
     parser.add_argument("command", choices=("rows", "score"))
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "rows":
         write_jsonl(args.out, identity_rows(args.name, args.maker, args.n, args.seed, args.system_prompt))
     else:
-        model, tokenizer = checkpoint_model(args.checkpoint)
+        model, tokenizer = load_model_and_tokenizer(args.checkpoint)
         print(json.dumps(identity_scores(model, tokenizer, args.name, identity_questions(args.seed)[:args.n])))
 
 

@@ -314,16 +314,7 @@ def knowledge_scores(model: Llama, tokenizer: Tokenizer, facts: list[Fact], max_
             "taught": float(len(groups[True])), "untaught": float(len(groups[False]))}
 
 
-
 # ---------------------------------------------------------------- command line
-
-def checkpoint_model(path: str) -> tuple[Llama, Tokenizer]:
-    from model.hf import tokenizer_folder
-    from model.sampling import load_model
-
-    model, _ = load_model(path)
-    return model, Tokenizer.from_file(str(tokenizer_folder(Path(path)) / "tokenizer.json"))
-
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
     Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -348,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "rows":
         write_jsonl(args.out, fact_rows(every, args.seed, **({"repeats": args.repeats} if args.repeats else {})))
         return
-    model, tokenizer = checkpoint_model(args.checkpoint)
+    from model.sampling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint)
     if args.command == "score":
         print(json.dumps(knowledge_scores(model, tokenizer, every)))
         return

@@ -18,7 +18,7 @@ from model.generate import generate
 from model.hf import tokenizer_folder
 from model.llama import Llama
 
-__all__ = ["CheckpointError", "generate_text", "load_model", "newest_checkpoint"]
+__all__ = ["CheckpointError", "generate_text", "load_model", "load_model_and_tokenizer", "newest_checkpoint"]
 
 
 def newest_checkpoint(root: str | Path) -> Path:
@@ -39,14 +39,19 @@ def load_model(path: str | Path) -> tuple[Llama, dict]:
     return model.eval(), meta
 
 
-def generate_text(path: str | Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8,
-                  top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
+def load_model_and_tokenizer(path: str | Path):
+    """The checkpoint's model (eval mode) and the tokenizer it was trained with, or imported with."""
     from tokenizers import Tokenizer
 
+    model, _ = load_model(path)
+    return model, Tokenizer.from_file(str(tokenizer_folder(Path(path)) / "tokenizer.json"))
+
+
+def generate_text(path: str | Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8,
+                  top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
     from tasks.bpe import EOT
 
-    model, _ = load_model(path)
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder(path) / "tokenizer.json"))  # trained with it, or imported
+    model, tokenizer = load_model_and_tokenizer(path)
     ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id(EOT)]
     with torch.no_grad():
         [new] = generate(model, [ids], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -17,7 +17,6 @@ transformers' `apply_chat_template` and `render_chat` here render alike.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -110,14 +109,6 @@ def load_tokenizer(folder: Path) -> Tokenizer:
     if not path.exists():
         raise FileNotFoundError(f"no tokenizer at {path}: run `crawl2model tokenizer train` first")
     return Tokenizer.from_file(str(path))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:

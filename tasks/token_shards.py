@@ -141,7 +141,7 @@ class ShardSet:
 
     @classmethod
     def open(cls, manifest_path: Path, tokenizer_path: Path | None = None) -> "ShardSet":
-        from tasks.bpe import file_sha256
+        from warehouse.files import file_sha256
 
         manifest_path = Path(manifest_path)
         if not manifest_path.exists():

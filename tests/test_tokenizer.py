@@ -15,7 +15,6 @@ from tasks.bpe import (
     EOT,
     SPECIAL_TOKENS,
     bytes_per_token,
-    file_sha256,
     load_tokenizer,
     plain_text_encoder,
     render_chat,
@@ -35,6 +34,7 @@ from tasks.token_shards import (
 )
 from tests.conftest import shared
 from tests.test_dedup_flow import neardup_docs, write_pages  # at import time: it imports tests.conftest
+from warehouse.files import file_sha256
 
 ODD = ["naïve café — 東京 🙂 \t\r\n x", "  two  spaces\n\n\n", "<|not a special token|>", "\x00\x01 control",
        "", " ", "\u200b\ufeffzero width", "e\u0301 combining", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "a" * 5000]

@@ -114,7 +114,8 @@ def write_json(path: Path, obj) -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -127,7 +128,7 @@ def file_record(path: Path, rows: int | None = None) -> dict:
     path = Path(path)
     if rows is None:
         rows = pq.ParquetFile(path).metadata.num_rows
-    return {"sha256": sha256_of(path), "bytes": path.stat().st_size, "rows": int(rows)}
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size, "rows": int(rows)}
 
 
 def write_parquet(table: pa.Table, path: Path, compression: str = "zstd") -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from warehouse.files import RECORD_SUFFIX, file_record, guard, read_record, record_path, sha256_of, write_json
+from warehouse.files import RECORD_SUFFIX, file_record, file_sha256, guard, read_record, record_path, write_json
 from warehouse.mirror import (TABLES, export_tables, import_tables, ledger_state, manifest_path, mirror_dir,
                               read_manifest, table_counts)
 from warehouse.store import DB_NAME, Warehouse, WarehouseError
@@ -50,7 +50,7 @@ def _is_temporary(path: Path) -> bool:
 def _check(path: Path, record: dict) -> str | None:
     """What is wrong with a file against its record, or None."""
     try:
-        digest = sha256_of(path)
+        digest = file_sha256(path)
     except OSError as exc:
         return f"unreadable ({exc})"
     if digest != record.get("sha256"):
