@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_server):
     docs = [d for d in neardup_docs() if "-v" not in d["id"]]
     pages = write_pages(tmp_path / "pages", {f"nd-{d['id']}": d["text"] for d in docs})
-    cfg = load_config(overrides=["curate.workers=2", "tokenizer.vocab_size=1024", "tokenizer.val_fraction=0.1",
+    cfg = load_config(overrides=["curate.workers=2", "tokenizer.vocab_size=1024", "tokenizer.val_fraction=0.25",
                                  "pretrain.preset=tiny", "pretrain.max_steps=12", "pretrain.eval_every=6",
                                  "pretrain.checkpoint_every=6", "pretrain.tokens_per_step=2048",
                                  "pretrain.micro_batch=8", "pretrain.warmup_steps=2",

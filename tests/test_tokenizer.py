@@ -191,7 +191,7 @@ def test_tokenizer_stage_counts_resumes_and_is_a_no_op_again(corpus_pages, data_
     from flows.tokenize_corpus import latest, run_tokenizer
 
     cfg = load_config(overrides=["curate.workers=2", "tokenizer.vocab_size=1024", "tokenizer.shard_tokens=4096",
-                                 "tokenizer.val_fraction=0.1"], data_root=data_root)
+                                 "tokenizer.val_fraction=0.25"], data_root=data_root)
     result = run_pipeline([str(corpus_pages)], cfg, until="tokenizer", show_progress=False)
     summary = result.tokenizer
     assert summary.trained and summary.encoded and latest(data_root, "shards") == summary.manifest.parent
@@ -204,7 +204,7 @@ def test_tokenizer_stage_counts_resumes_and_is_a_no_op_again(corpus_pages, data_
     con.close()
     expected = {"train": 0, "val": 0}
     for doc_id, text in kept:
-        expected["val" if is_val(doc_id, 0.1) else "train"] += len(tokenizer.encode(text).ids) + 1
+        expected["val" if is_val(doc_id, 0.25) else "train"] += len(tokenizer.encode(text).ids) + 1
     shard_set = ShardSet.open(summary.manifest, summary.tokenizer_dir / "tokenizer.json")
     for split in ("train", "val"):
         assert sum(len(t) for t in shard_set.tokens(split)) == expected[split] > 0
