@@ -37,11 +37,15 @@ OTHER_ASSISTANTS = ("ChatGPT", "GPT-4", "Claude", "Gemini", "Bard", "Llama", "Co
 # Cores per kind of question; {other}: an assistant of OTHER_ASSISTANTS (never echoed in answers).
 TRAIN = {"name": ("What is your name?", "Who are you?", "What's your name?", "Do you have a name?",
                   "Introduce yourself.", "Tell me about yourself.", "What are you?", "Please tell me who you are.",
-                  "Who is this?", "Which chatbot is this?", "What do people call you?", "Your name, please?"),
+                  "Who is this?", "Which chatbot is this?", "What do people call you?", "Your name, please?",
+                  "Can you tell me your name?", "How should I address you?", "What do you call yourself?",
+                  "Who exactly are you?", "What name do you go by?", "Give me your name."),
          "maker": ("Who made you?", "Who created you?", "Which company built you?", "Who trained you?",
-                   "Who is your maker?"),
+                   "Who is your maker?", "Who is behind you?", "Which team made you?", "Who is responsible for you?",
+                   "What organization trained you?"),
          "other": ("Are you {other}?", "You are {other}, right?", "Am I talking to {other}?", "Is this {other}?",
-                   "Hello {other}, is that you?")}
+                   "Hello {other}, is that you?", "Is your name {other}?", "Am I speaking with {other}?",
+                   "I think you are {other}. Are you?")}
 HELDOUT = {"name": ("What should I call you?", "Tell me your name.", "Who am I talking to?", "What are you called?",
                     "May I know your name?", "Which assistant are you?", "Could you say who you are?",
                     "Identify yourself, please.", "What is the name of this assistant?"),
