@@ -70,7 +70,9 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     std with Bessel's correction as TRL computes it; a group of equal rewards gets zeros."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (prompts, group of >= 2), got {tuple(rewards.shape)}")
-    return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
+    advantages = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
+    # exactly 0, not the mean's rounding error over eps (a group of 0.1s gave -7e-5 each)
+    return advantages.masked_fill((rewards == rewards[:, :1]).all(1, keepdim=True), 0.0)
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
@@ -294,17 +296,27 @@ def run_rl(cfg: RlConfig, log=None) -> dict:
 def _update(model, reference, optimizer, cfg: RlConfig, prompt_ids: list, replies: list, advantages: torch.Tensor,
             device) -> dict:
     """cfg.iterations optimizer steps on one batch of replies, micro-batch by micro-batch; the
-    metrics of the last iteration ("rl/loss", "rl/grad_norm", "rl/clip_ratio", "rl/kl")."""
+    metrics of the last iteration ("rl/loss", "rl/grad_norm", "rl/clip_ratio", "rl/kl").
+
+    Without a KL term, a reply whose advantage is 0 (its group's rewards were all equal) adds
+    exactly 0 to the loss and the gradient, so it is not run through the model at all: the
+    gradient is the same, and a small model early in RL gets most groups all wrong."""
+    keep = [i for i in range(len(replies)) if cfg.kl_beta > 0 or advantages[i] != 0]
     chunks = []
-    for i in range(0, len(replies), cfg.micro_batch):
-        ids, mask = collate(prompt_ids[i:i + cfg.micro_batch], replies[i:i + cfg.micro_batch])
+    for at in range(0, len(keep), cfg.micro_batch):
+        rows = keep[at:at + cfg.micro_batch]
+        ids, mask = collate([prompt_ids[i] for i in rows], [replies[i] for i in rows])
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad():
             old = token_logps(model, ids, mask, cfg.temperature) if cfg.iterations > 1 else None
             ref = token_logps(reference, ids, mask, cfg.temperature) if reference is not None else None
-        chunks.append((ids, mask, old, ref, advantages[i:i + cfg.micro_batch].to(device)))
+        chunks.append((ids, mask, old, ref, advantages[rows].to(device)))
     for _ in range(cfg.iterations):
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {"rl/loss": 0.0, "rl/clip_ratio": 0.0}
+        if not chunks:  # every advantage 0: a zero gradient, and the optimizer steps as it would
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.grad = torch.zeros_like(param)
         for ids, mask, old, ref, adv in chunks:
             logps = token_logps(model, ids, mask, cfg.temperature)
             loss, values = grpo_loss(logps, logps.detach() if old is None else old, ref, adv, mask,

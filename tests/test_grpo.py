@@ -52,10 +52,45 @@ def test_group_advantages_by_hand():
     third = torch.tensor([1.1, 0.1, 0.0, 0.1])
     c = 0.5 / math.sqrt(1 / 3)                               # deviations of 0.5, sample variance 1/3
     assert adv[0].tolist() == pytest.approx([c, -c, -c, c], abs=1e-6)
-    assert group_advantages(rewards)[1].tolist() == pytest.approx([0.0] * 4, abs=1e-4)  # nothing to prefer
+    # nothing to prefer: exactly 0 (the mean's rounding error over eps once gave -7e-5 per 0.1-reply)
+    assert group_advantages(torch.full((2, 8), 0.1)).tolist() == [[0.0] * 8] * 2
+    assert group_advantages(rewards)[1].tolist() == [0.0] * 4
     mean, std = 1.3 / 4, math.sqrt(sum((x - 1.3 / 4) ** 2 for x in third.tolist()) / 3)
     assert adv[2].tolist() == pytest.approx([(x - mean) / std for x in third.tolist()], abs=1e-5)
     assert group_advantages(rewards)[0, 0] < adv[0, 0]      # eps keeps a tiny std finite
+
+
+def test_update_skips_zero_advantage_replies_with_the_same_gradient(world):
+    """_update runs only the replies whose advantage is not 0 (without KL): the gradient equals
+    the one of the full batch's loss, replies with advantage 0 included."""
+    from model.grpo import _update, token_logps
+
+    model, _ = load_model(world["base"])
+    prompts = [[5, 6, 7]] * 4 + [[8, 9]] * 4
+    replies = [[10, 11], [12], [10, 13, 14], [11], [15, 16], [15, 16], [17], [18, 19, 20]]
+    advantages = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.1] * 4])).flatten()
+    assert advantages[4:].tolist() == [0.0] * 4 and advantages[:4].abs().min() > 0
+
+    ids, mask = collate(prompts, replies)
+    logps = token_logps(model, ids, mask, 0.7)
+    grpo_loss(logps, logps.detach(), None, advantages, mask)[0].backward()
+    full = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    cfg = RlConfig.from_dict({**FAST, "base": "-", "out": "-", "temperature": 0.7, "micro_batch": 3})
+    seen = []
+    optimizer = type("Recorder", (), {"step": lambda self: seen.append({n: p.grad.clone() for n, p in
+                                                                         model.named_parameters()}),
+                                      "zero_grad": lambda self, set_to_none: model.zero_grad(set_to_none=True)})()
+    cfg.grad_clip = float("inf")
+    _update(model, None, optimizer, cfg, prompts, replies, advantages, torch.device("cpu"))
+    assert len(seen) == 1 and any(g.abs().sum() > 0 for g in full.values())
+    for name, grad in full.items():
+        assert torch.allclose(seen[0][name], grad, atol=1e-6), name
+
+    # every group equal: no forward at all, a zero gradient, and still one optimizer step
+    _update(model, None, optimizer, cfg, prompts, replies, torch.zeros(8), torch.device("cpu"))
+    assert len(seen) == 2 and all(g.abs().sum() == 0 for g in seen[1].values())
 
 
 def test_grpo_loss_by_hand():
