@@ -139,7 +139,8 @@ def collate(prompts: list[list[int]], replies: list[list[int]], pad_id: int = 0)
 class RlConfig:
     base: str                            # checkpoint to tune (the SFT or DPO model)
     out: str                             # folder for step-NNNNNN checkpoints
-    families: list = field(default_factory=lambda: ["arithmetic", "word_problems"])  # model.verifiable.FAMILIES
+    # model.verifiable.FAMILIES; arithmetic only, as the pipeline's rl.families and its SFT warm-up rows
+    families: list = field(default_factory=lambda: ["arithmetic"])
     data: str | None = None              # JSONL {"prompt", "answer"} problems instead of the families
     held_out_fraction: float = 0.2       # of the data's problems, by a hash of the prompt
     max_steps: int = 30
