@@ -85,13 +85,10 @@ def dpo_ancestor(checkpoint: Path) -> Path | None:
 def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
     """The held-out pairs of the DPO run in `checkpoint`'s lineage (its data and held-out fraction),
     each with "reference": the log-probs of its replies under that run's reference (its base)."""
-    from tokenizers import Tokenizer
-
     from model.chat_data import load_preferences
     from model.evaluation import completion_logps
-    from model.hf import tokenizer_folder
     from model.posttrain import data_files, held_out_split
-    from model.sampling import load_model
+    from model.sampling import load_model_and_tokenizer
 
     dpo = dpo_ancestor(checkpoint)
     if dpo is None:
@@ -104,8 +101,7 @@ def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
     pairs = [pair for f in files for pair in load_preferences(f)[0]]
     _, held = held_out_split(pairs, [json.dumps(p, sort_keys=True) for p in pairs], settings["held_out_fraction"])
     held = held[:limit]
-    reference, _ = load_model(meta["base"])
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder(Path(meta["base"])) / "tokenizer.json"))
+    reference, tokenizer = load_model_and_tokenizer(meta["base"])
     return [{**p._asdict(), "reference": ref} for p, ref in zip(held, completion_logps(reference, tokenizer, held))]
 
 

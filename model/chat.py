@@ -84,11 +84,9 @@ class TorchBackend:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path) -> TorchBackend:
-        from model.hf import tokenizer_folder
-        from model.sampling import load_model
+        from model.sampling import load_model_and_tokenizer
 
-        model, _ = load_model(checkpoint)
-        return cls(model, Tokenizer.from_file(str(tokenizer_folder(Path(checkpoint)) / "tokenizer.json")))
+        return cls(*load_model_and_tokenizer(checkpoint))
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return conversation_prompt_ids(self.tokenizer, messages)

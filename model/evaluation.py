@@ -35,9 +35,8 @@ from tokenizers import Tokenizer
 from model.chat_data import BadRow, PreferencePair, encode_preference
 from model.dpo import collate_pairs, pair_logps
 from model.generate import generate
-from model.hf import tokenizer_folder
 from model.llama import Llama
-from model.sampling import load_model
+from model.sampling import load_model_and_tokenizer
 from tasks.bpe import plain_text_encoder
 
 EOT_ID = 0  # <|endoftext|>, the first special token of every crawl2model tokenizer
@@ -133,8 +132,7 @@ def suite(checkpoint: Path, eval_set: dict) -> dict[str, float]:
     """Every metric of the module for one checkpoint on one eval set ({"texts", "pairs" (with
     "reference": [log p(chosen), log p(rejected)]),
     "documents", "canaries", "prefix_tokens", "continuation_tokens"}; missing parts are skipped)."""
-    model, _ = load_model(checkpoint)
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder(Path(checkpoint)) / "tokenizer.json"))
+    model, tokenizer = load_model_and_tokenizer(checkpoint)
     metrics: dict[str, float] = {}
     if eval_set.get("texts"):
         metrics["eval/val_bpb"], metrics["eval/val_loss"] = bits_per_byte(model, tokenizer, eval_set["texts"])

@@ -216,9 +216,9 @@ def tiny_shards(tmp_path_factory) -> Path:
     import numpy as np
 
     from tasks.bpe import save_tokenizer, train_tokenizer
-    from warehouse.files import file_sha256
     from tasks.token_shards import write_manifest, write_shard
     from tests.test_dedup_flow import neardup_docs
+    from warehouse.files import file_sha256
 
     out = tmp_path_factory.mktemp("shards")
     texts = [d["text"] for d in neardup_docs()]

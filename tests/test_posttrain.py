@@ -22,8 +22,8 @@ from model.llama import Llama
 from model.posttrain import PosttrainConfig, held_out_split, main, reply, run_dpo, run_sft, self_play_pairs
 from model.sampling import load_model
 from tasks.bpe import load_tokenizer, save_tokenizer, train_tokenizer
-from warehouse.files import file_sha256
 from tasks.token_shards import encode_part, write_manifest, write_shard
+from warehouse.files import file_sha256
 
 ANSWER = "The answer is always forty two."
 SUBJECTS = ["cats", "rivers", "stars", "bread", "trains", "music", "paper", "stone", "rain", "clocks",
