@@ -119,11 +119,12 @@ def corpus_sft_data(cfg: Config, base: Path) -> Path:
 
 
 @task(name="assistant-data", cache_policy=NONE)
-def assistant_data(cfg: Config) -> Path | None:
-    """flows.assistant_data's SFT rows as posttrain/sft-assistant-<sha>.jsonl (None when all are off)."""
+def assistant_data(cfg: Config, refusal_pass: bool = False) -> Path | None:
+    """flows.assistant_data's SFT rows (of the first pass, or of the "I don't know" pass) as
+    posttrain/sft-assistant-<sha>.jsonl (None when all are off)."""
     from flows.assistant_data import assistant_sft_rows
 
-    rows = assistant_sft_rows(cfg)
+    rows = assistant_sft_rows(cfg, refusal_pass)
     if not rows:
         return None
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
@@ -291,7 +292,7 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
     # the effective learning rate too: a changed code default must not reuse a folder tuned at the old one
     probing = stage == "sft" and refusal_pass(cfg)
     key = stable_hash([str(base.resolve()), [file_sha256(f) for f in files], tune.fingerprint(), settings.lr,
-                       cfg.knowledge.model_dump(mode="json") if probing else None])
+                       [cfg.knowledge.model_dump(mode="json"), REFUSAL_PASS_DATA] if probing else None])
     out = cfg.data_root / "checkpoints" / f"{stage}-{key[:12]}"
     settings.out = str(out)
     done = out / "summary.json"
@@ -331,17 +332,22 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
     return summary
 
 
+REFUSAL_PASS_DATA = 2  # how the second pass's rows are made: 2 = probed facts' rows replaced (a new folder)
+
+
 def refusal_pass(cfg: Config) -> bool:
     return bool(cfg.knowledge.second_pass_steps and (cfg.knowledge.facts or cfg.knowledge.data))
 
 
 def teach_refusals(cfg: Config, settings, first: Path, stream: MetricStream, tracking: Tracking, run_id: str) -> Path:
     """SFT's second pass: probe the first pass's model, then tune it on the same data plus the
-    probe's rows ("I don't know" where it was wrong or unsure). Its steps continue the first pass's
-    curves; `sft/knowledge/{before,after}/*` score both models on the eval split of the facts."""
+    probe's rows ("I don't know" where it was wrong or unsure), the probed questions' fact rows
+    replaced by those (flows.assistant_data.assistant_sft_rows). Its steps continue the first
+    pass's curves; `sft/knowledge/{before,after}/*` score both models on the eval split of the facts."""
     probe_file, counts = refusal_data(cfg, first)
     second = copy.copy(settings)
-    second.base, second.data = str(first), [*settings.data, str(probe_file)]
+    first_data = settings.data[0]  # the corpus pairs or sft.data; [1] is the first pass's assistant rows
+    second.base, second.data = str(first), [first_data, str(assistant_data(cfg, refusal_pass=True)), str(probe_file)]
     second.max_steps, second.out = cfg.knowledge.second_pass_steps, str(Path(settings.out) / "idk")
     second.lr = cfg.knowledge.second_pass_lr or settings.lr
     stream.offset = settings.max_steps

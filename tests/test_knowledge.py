@@ -126,3 +126,28 @@ def test_probe_keeps_right_answers_and_turns_wrong_ones_into_refusals(world, sft
     assert after["untaught_refusal_rate"] >= 5 / 6 and after["untaught_made_up_rate"] <= 1 / 6
     assert after["taught_accuracy"] >= 5 / 6
     assert knowledge_scores(model, tokenizer, right[:2] + wrong[:2])["taught"] == 0  # probe-split facts: ignored
+
+
+def test_the_refusal_pass_rows_leave_the_probed_facts_to_the_probe():
+    """The "I don't know" pass's assistant rows teach the eval-split taught facts as before and no
+    probe-split fact: the probe's rows answer those (a fact the first pass failed to learn must
+    not be taught its answer and "I don't know" at once)."""
+    from crawl2model.config import load_config
+    from flows.assistant_data import assistant_sft_rows, knowledge_facts
+
+    cfg = load_config(overrides=["knowledge.facts=40", "knowledge.fact_repeats=4", "rl.warmup_rows=3",
+                                 "assistant.identity_rows=2"])
+    every = knowledge_facts(cfg)
+    rows = {mode: assistant_sft_rows(cfg, refusal_pass=mode) for mode in (False, True)}
+    asked = {mode: Counter(q for q, _ in turns(rows[mode])) for mode in (False, True)}
+    for fact in every:
+        first, second = asked[False][fact.question], asked[True][fact.question]
+        assert (first > 0) == fact.taught  # the first pass teaches every taught fact
+        assert second == (first if fact.split == "eval" else 0)
+        # no phrasing ("Tell me about ...") of a probed fact either
+        assert fact.split == "eval" or not any(fact.entity in q for q in asked[True])
+    assert sum(f.taught and f.split == "probe" for f in every) > 0
+    # the rest is the same: answer format and identity rows
+    entities = tuple(f.entity for f in every)
+    other = {mode: [r for r in rows[mode] if not any(e in json.dumps(r) for e in entities)] for mode in (False, True)}
+    assert other[True] == other[False] and len(other[True]) == 5

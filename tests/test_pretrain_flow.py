@@ -6,8 +6,10 @@ and logged (run `quantize`)."""
 
 from __future__ import annotations
 
+import ast
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -139,7 +141,12 @@ def check_tuning(cfg, result, client, data_root):
     self_play = [t for d, t in docs if not is_val(d, 0.1) and is_val(f"{d}:self-play", SELF_PLAY_SHARE)]
     sft_rows = [json.loads(line) for line in sft.data.read_text().splitlines()]
     dpo_rows = [json.loads(line) for line in dpo.data.read_text().splitlines()]
-    [assistant] = (data_root / "posttrain").glob("sft-assistant-*.jsonl")  # answer format, facts, identity
+    # answer format, facts, identity: the first pass's rows, then the "I don't know" pass's (fact
+    # rows of the probed questions replaced by the probe's rows)
+    [assistant] = [Path(p) for p in ast.literal_eval(client.get_run(sft.mlflow_run_id).data.params["more_data"])]
+    second_pass = json.loads((sft.checkpoint / "meta.json").read_text())["posttrain"]["data"]
+    assert second_pass[0] == str(sft.data) and Path(second_pass[2]).name.startswith("sft-idk-")
+    assert Path(second_pass[1]).parent == assistant.parent and second_pass[1] != str(assistant)
     assert len(sft_rows) + len(assistant.read_text().splitlines()) == sft.counts["rows"]
     assert len(dpo_rows) == dpo.counts["rows"]
     sft_side = [t for d, t in docs if not is_val(d, 0.1) and not is_val(f"{d}:self-play", SELF_PLAY_SHARE)]
