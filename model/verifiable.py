@@ -19,10 +19,11 @@ column by column, right to left, each column line `top op bottom op carry=result
 
 so a tiny model needs the one-digit tables and where each digit of the prompt is (this
 tokenizer keeps most digits one token each), not a two-digit table. Two digits because that is
-what the `small` preset learns in a few minutes of SFT: about 900 packed steps of these rows
-alone took the demo's pretrained model to 31% held-out accuracy; with three-digit operands or
-the word problems mixed in it stayed under 5% at 1100 steps. A harder family is a
-`register_family` away.
+the most the `small` preset has learned in minutes of SFT: about 900 packed steps of these rows
+alone took an earlier demo's pretrained model to 31% held-out accuracy (with three-digit
+operands or the word problems mixed in it stayed under 5% at 1100 steps), while the current
+demo's pretrained model stayed at 1-2% after 500 steps, still reading the wrong digits from the
+prompt. A harder family is a `register_family` away.
 
 final_answer() reads that line: None when the mark is missing, appears twice (no hedging) or is
 not on the last non-empty line, or nothing follows it; numbers are normalized ("1,234", "1 2 3 4"

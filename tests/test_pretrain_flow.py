@@ -73,8 +73,9 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
     tuning = sorted(r.name.rsplit("-", 1)[0] for r in task_runs if r.task_key.split("-")[0] in (
         "_train", "corpus_sft_data", "self_play_data", "assistant_data", "refusal_data", "grpo")
         and r.state_type.value == "COMPLETED")
-    # tuning ran as Prefect tasks too; sft twice (then again after the "I don't know" probe)
-    assert tuning == ["assistant-data", "dpo", "grpo", "idk-probe", "self-play", "sft", "sft", "sft-data"]
+    # tuning ran as Prefect tasks too; sft and its assistant rows twice (again for the "I don't know" pass)
+    assert tuning == ["assistant-data", "assistant-data", "dpo", "grpo", "idk-probe", "self-play", "sft", "sft",
+                      "sft-data"]
 
     assert run_pretrain(cfg).no_op
     assert newest_checkpoint(data_root) == result.rl.checkpoint  # the last one written
