@@ -347,7 +347,9 @@ def teach_refusals(cfg: Config, settings, first: Path, stream: MetricStream, tra
     probe_file, counts = refusal_data(cfg, first)
     second = copy.copy(settings)
     first_data = settings.data[0]  # the corpus pairs or sft.data; [1] is the first pass's assistant rows
-    second.base, second.data = str(first), [first_data, str(assistant_data(cfg, refusal_pass=True)), str(probe_file)]
+    assistant = assistant_data(cfg, refusal_pass=True)  # None when nothing is left (every taught fact probed)
+    second.base = str(first)
+    second.data = [first_data, *([str(assistant)] if assistant else []), str(probe_file)]
     second.max_steps, second.out = cfg.knowledge.second_pass_steps, str(Path(settings.out) / "idk")
     second.lr = cfg.knowledge.second_pass_lr or settings.lr
     stream.offset = settings.max_steps
