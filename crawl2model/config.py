@@ -363,6 +363,7 @@ class RlConfig(Section):
     max_new_tokens: int = Field(48, ge=4)
     temperature: float = Field(0.6, gt=0, description="at 1.0 only 2-8% of a small model's samples were right")
     lr: float = Field(1e-5, gt=0)
+    min_lr_ratio: float = Field(1.0, gt=0, le=1, description="1: a constant rate; below: cosine down to lr * it by the last step")
     clip_eps: float = Field(0.2, gt=0)
     kl_beta: float = Field(0.0, ge=0, description="KL penalty to the DPO model; 0 holds no reference copy")
     format_reward: float = Field(0.1, ge=0)

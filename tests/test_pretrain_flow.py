@@ -47,7 +47,7 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
                                  "rl.warmup_rows=16", "knowledge.facts=16", "knowledge.second_pass_steps=2",
                                  "knowledge.probe_samples=2", "assistant.identity_rows=8", "rl.max_steps=2",
                                  "rl.prompts_per_step=2", "rl.group_size=2", "rl.max_new_tokens=16",
-                                 "rl.heldout_problems=4", "rl.eval_every=2", "eval.problems=4",
+                                 "rl.heldout_problems=4", "rl.eval_every=2", "rl.min_lr_ratio=0.1", "eval.problems=4",
                                  "eval.identity_questions=4"], data_root=data_root)
     started = datetime.now(timezone.utc)
     result = run_pipeline([str(pages)], cfg, until="export", show_progress=False)
@@ -169,6 +169,8 @@ def check_rl(cfg, result, client):
     for key in ("rl/reward_mean", "rl/reward_std", "rl/completion_length", "rl/clip_ratio"):  # rl/kl: with rl.kl_beta > 0
         assert [m.step for m in client.get_metric_history(rl.mlflow_run_id, key)] == [1, 2], key
     assert [m.step for m in client.get_metric_history(rl.mlflow_run_id, "rl/accuracy_heldout")] == [0, 2]
+    lrs = [m.value for m in client.get_metric_history(rl.mlflow_run_id, "rl/lr")]  # rl.min_lr_ratio reaches GRPO
+    assert lrs == pytest.approx([cfg.rl.lr, cfg.rl.lr * 0.55])  # cosine from lr toward 0.1 lr: halfway at step 2 of 2
     assert {"rl/accuracy_heldout.png", "rl/samples.md"} <= {a.path for a in client.list_artifacts(rl.mlflow_run_id, "rl")}
     assert run_rl(cfg, rl.base).no_op
 
