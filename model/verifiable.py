@@ -23,7 +23,9 @@ the most the `small` preset has learned in minutes of SFT: about 900 packed step
 alone took an earlier demo's pretrained model to 31% held-out accuracy (with three-digit
 operands or the word problems mixed in it stayed under 5% at 1100 steps), while the current
 demo's pretrained model stayed at 1-2% after 500 steps, still reading the wrong digits from the
-prompt. A harder family is a `register_family` away.
+prompt. Pretrained 600 steps instead of 150, 6,000 of these rows alone took it from 6% at step 800
+to 22% at 900, 49% at 1,000 and 91% at 1,500: learning to copy the digits is a phase change. A
+harder family is a `register_family` away.
 
 final_answer() reads that line: None when the mark is missing, appears twice (no hedging) or is
 not on the last non-empty line, or nothing follows it; numbers are normalized ("1,234", "1 2 3 4"
