@@ -235,13 +235,16 @@ def serve(
 def run_server(command: list[str], port: int, url: str, what: str, example: str) -> None:
     """Start the server in its own process group, say where it answers once it does, wait; Ctrl-C
     or SIGTERM interrupts it (SIGINT to its group) and waits for it to stop."""
+    from flows.servers import interruptible
+
+    with interruptible():
+        _run_server(command, port, url, what, example)
+
+
+def _run_server(command: list[str], port: int, url: str, what: str, example: str) -> None:
     from flows.cli import err, fail, out
     from flows.servers import _stop, port_open
 
-    def _terminate(signum, frame):  # SIGTERM (kill, systemd, docker stop) ends like Ctrl-C
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
     out.print(f"starting {escape(what)} ...", highlight=False)
     # MLflow starts `uvicorn` by name: the venv's bin must be on PATH even when the venv is not activated
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
@@ -269,4 +272,3 @@ def run_server(command: list[str], port: int, url: str, what: str, example: str)
         out.print("server stopped", highlight=False)
     finally:
         _stop(proc)  # the rest of its process group (workers), if anything is left
-        signal.signal(signal.SIGTERM, previous)

@@ -315,12 +315,30 @@ def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
             _stop(proc)
 
 
-def serve_uis(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, auth: Credentials | None = None) -> None:
-    """Both UIs over the data root until Ctrl-C or SIGTERM; then both servers are stopped."""
-    def _terminate(signum, frame):  # SIGTERM (kill, systemd, docker stop) ends like Ctrl-C
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside, Ctrl-C (SIGINT) and SIGTERM (kill, systemd, docker stop) raise KeyboardInterrupt,
+    whatever the parent left: a shell script's `crawl2model serve &` starts with SIGINT ignored,
+    and `kill -INT` (or a test's interrupt) would do nothing. The previous handlers come back after."""
+    def _terminate(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def serve_uis(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, auth: Credentials | None = None) -> None:
+    """Both UIs over the data root until Ctrl-C or SIGTERM; then both servers are stopped."""
+    with interruptible():
+        _serve_uis(root, prefect_port, mlflow_port, auth)
+
+
+def _serve_uis(root: Path, prefect_port: int, mlflow_port: int, auth: Credentials | None) -> None:
     try:
         print(f"starting Prefect and MLflow over {Path(root).resolve()} ...", flush=True)
         with start_servers(root, prefect_port, mlflow_port, auth=auth) as (prefect_url, mlflow_url):
@@ -342,5 +360,3 @@ def serve_uis(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, aut
                                           f"{Path(root).resolve() / 'logs'}")
     except KeyboardInterrupt:  # start_servers has stopped both on the way out
         print("both servers stopped", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -303,14 +303,17 @@ def post(url: str, body: dict, timeout: float = 120) -> dict:
 
 
 def serve_until_answered(args: list[str], port: int, request) -> tuple[object, str]:
-    """Run `crawl2model serve`, wait for its "serving" line, make the request, Ctrl-C the CLI;
-    (the request's result, everything the CLI printed). The server must be gone afterwards."""
+    """Run `crawl2model serve` with SIGINT ignored (as after `&` in a script), wait for its
+    "serving" line, make the request, Ctrl-C the CLI; (the request's result, everything the CLI
+    printed). The server must be gone afterwards."""
     from flows.servers import port_open
 
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"c2m-serve-{port}.log"
     with log.open("w+") as sink:
+        # started with SIGINT ignored, as a script's `crawl2model serve &` is: the interrupt must still stop it
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, "--port", str(port)], env=cli_env(),
-                                cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         try:
             # the CLI's own line, printed once the port answers (llama.cpp prints "reserving a graph" before it listens)
             ready = re.compile(rf"^serving .* at http://127\.0\.0\.1:{port}\b", re.MULTILINE)
