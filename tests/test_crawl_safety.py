@@ -354,14 +354,14 @@ def test_a_slow_dns_answer_times_out_as_connect(servers, tmp_path):
     site = servers()
 
     def slow(host: str, port: int) -> list[str]:
-        time.sleep(1.0)
+        time.sleep(3.0)  # far past connect_timeout: the crawl must give up long before this answers
         return ["127.0.0.1"]
 
     started = time.monotonic()
     result = crawl([f"http://slow.test:{site.port}/page/1"], tmp_path,
                    config(allow=[f"127.0.0.1:{site.port}"], connect_timeout=0.2), resolver=slow)
     assert [f.reason for f in result.failures] == ["timeout"] and "resolving slow.test" in result.failures[0].detail
-    assert time.monotonic() - started < 0.9 and sum(site.hits.values()) == 0
+    assert time.monotonic() - started < 2.0 and sum(site.hits.values()) == 0  # margin for a loaded machine
 
 @pytest.mark.parametrize("encoding", ["gzip", "br"])
 def test_decompression_bombs_are_refused_without_inflating_them(servers, tmp_path, encoding):
