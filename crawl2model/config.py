@@ -361,7 +361,7 @@ class RlConfig(Section):
     prompts_per_step: int = Field(8, ge=1)
     group_size: int = Field(8, ge=2, description="completions sampled per prompt")
     max_new_tokens: int = Field(48, ge=4)
-    temperature: float = Field(0.6, gt=0, description="0.6 suits a model that rarely gets a sample right; from one at ~22%, 1.0 with 16 x 16 replies gained most (README)")
+    temperature: float = Field(0.6, gt=0, description="sampling temperature; from an SFT model at ~23%, 0.4-0.6 with 16 x 16 replies gained +10.6 to +12.6 points, 1.0 +6 to +8 (README)")
     lr: float = Field(1e-5, gt=0)
     min_lr_ratio: float = Field(1.0, gt=0, le=1, description="1: a constant rate; below: cosine down to lr * it by the last step")
     clip_eps: float = Field(0.2, gt=0)
