@@ -15,17 +15,25 @@ stage scores the current champion on exactly the same data:
   problems   `eval.problems` held-out verifiable problems (never in SFT warm-up or RL)
   facts      the eval split of the knowledge facts (never probed): taught and never-taught ones
   identity   the configured assistant name and `eval.identity_questions` held-out phrasings
-Metrics go to the MLflow nested run `eval` (`eval/val_bpb`, `eval/val_loss`,
-`eval/reward_accuracy`, `audit/regurgitation_rate`, `audit/canary_leaks`, and
-`audit/canaries_in_warehouse`: canary secrets the scrubbed warehouse still holds). A re-run on
-the same checkpoint and settings is a no-op.
+  degeneracy_prompts  OPEN_PROMPTS, then the first DEGENERACY_ASKED identity and fact questions
+             above: the prompts whose greedy replies give eval/distinct_2, eval/repetition_rate
+             and eval/ended_rate (model.evaluation.degeneracy)
+Metrics go to the MLflow nested run `eval`: the suite's (`eval/val_bpb`, `eval/val_loss`,
+`eval/reward_accuracy`, `audit/regurgitation_rate`, `audit/canary_leaks`, the assistant scores,
+`eval/distinct_2`, `eval/repetition_rate`, `eval/ended_rate`, all in EvalSummary.metrics),
+`audit/canaries_in_warehouse` (canary secrets the scrubbed warehouse still holds), and the "no
+collapse" numbers of every model the candidate descends from (EvalSummary.lineage, one log line):
+`lineage/<stage>/{distinct_2,repetition_rate,ended_rate}` for stage pretrain (plain continuation),
+sft (the model DPO started from: the "I don't know" pass when there is one), dpo and rl, found by
+following meta.json "base" links from the candidate. A re-run on the same checkpoint and settings
+is a no-op.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -39,6 +47,14 @@ from flows.tracking import Tracking, flatten
 
 CANARY_FOLDER = "audit/canaries"
 USER_PROBLEMS_HELD_OUT = 0.2  # of the user's rl.data problems, by a hash of the prompt: eval only, never RL  # under the data root: the planted pages and canaries.json
+EVAL_SET_VERSION = 2  # in the eval folder's key: 2 added degeneracy_prompts (an older folder is not reused)
+STAGES = ("pretrain", "sft", "dpo", "rl")  # the lineage's stages, in pipeline order
+DEGENERACY_METRICS = ("distinct_2", "repetition_rate", "ended_rate")  # model.evaluation.degeneracy's keys
+OPEN_PROMPTS = ["What is this website about?", "Explain what a function is.", "Write two sentences about the internet.",
+                "How do I make a cup of tea?", "Give me three tips for writing a clear email.",
+                "What is the difference between weather and climate?", "Why do people read the news?",
+                "Describe your favourite place in a few words."]
+DEGENERACY_ASKED = 4  # held-out identity questions and eval fact questions added to OPEN_PROMPTS, each
 
 
 def newest_tuned(root: Path) -> Path:
@@ -63,23 +79,30 @@ class EvalSummary:
     metrics: dict
     no_op: bool
     mlflow_run_id: str | None = None
+    lineage: dict = field(default_factory=dict)  # lineage/<stage>/<metric>: see the module docstring
 
 
 def _meta(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / "meta.json").read_text())
 
 
-def dpo_ancestor(checkpoint: Path) -> Path | None:
-    """The DPO checkpoint in `checkpoint`'s lineage (itself, or a base of a base...), if any."""
-    seen = set()
-    path = Path(checkpoint)
+def lineage(checkpoint: Path) -> dict[str, Path]:
+    """Stage (meta.json "kind", "pretrain" without one) -> checkpoint, over `checkpoint` itself and
+    its base, its base's base...; per stage the one nearest `checkpoint`, so "sft" is the model DPO
+    started from (SFT's "I don't know" pass, whose base is the first pass)."""
+    found: dict[str, Path] = {}
+    seen, path = set(), Path(checkpoint)
     while path is not None and (path / "meta.json").exists() and path not in seen:
         seen.add(path)
         meta = _meta(path)
-        if meta.get("posttrain", {}).get("kind") == "dpo":
-            return path
+        found.setdefault(meta.get("kind", "pretrain"), path)
         path = Path(meta["base"]) if meta.get("base") else None
-    return None
+    return found
+
+
+def dpo_ancestor(checkpoint: Path) -> Path | None:
+    """The DPO checkpoint in `checkpoint`'s lineage (itself, or a base of a base...), if any."""
+    return lineage(checkpoint).get("dpo")
 
 
 def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
@@ -123,6 +146,12 @@ def assistant_items(cfg: Config) -> dict:
                          "questions": identity_questions(cfg.knowledge.seed)[:cfg.eval.identity_questions]}}
 
 
+def degeneracy_prompts(items: dict) -> list[str]:
+    """OPEN_PROMPTS and the first DEGENERACY_ASKED identity and fact questions of assistant_items."""
+    return [*OPEN_PROMPTS, *items["identity"]["questions"][:DEGENERACY_ASKED],
+            *[f["question"] for f in items["facts"][:DEGENERACY_ASKED]]]
+
+
 @task(name="eval-set", cache_policy=NONE)
 def build_eval_set(cfg: Config, checkpoint: Path, path: Path) -> dict:
     from tokenizers import Tokenizer
@@ -133,20 +162,22 @@ def build_eval_set(cfg: Config, checkpoint: Path, path: Path) -> dict:
     tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
     has_corpus = (cfg.data_root / "warehouse.duckdb").exists()  # a model tuned from imported weights may have none
     documents = [text for _, text in corpus_documents(cfg, checkpoint, self_play=False)] if has_corpus else []
+    items = assistant_items(cfg)
     eval_set = {"source": str(checkpoint), "texts": [tokenizer.decode(w) for w in val_windows(checkpoint, cfg.eval.val_windows)],
                 "pairs": held_out_pairs(checkpoint, cfg.eval.pref_pairs),
                 "documents": documents[:cfg.audit.regurgitation_prompts],
                 "prefix_tokens": cfg.audit.prefix_tokens, "continuation_tokens": cfg.audit.continuation_tokens,
                 "canaries": [{k: c[k] for k in ("id", "kind", "prefix", "secret")} for c in planted_canaries(cfg)],
-                **assistant_items(cfg)}
+                **items, "degeneracy_prompts": degeneracy_prompts(items)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(eval_set, ensure_ascii=False))
     os.replace(tmp, path)
     get_run_logger().info("eval set: %d texts, %d pairs, %d documents, %d canaries, %d problems, %d facts, %d identity "
-                          "questions -> %s", len(eval_set["texts"]), len(eval_set["pairs"]), len(eval_set["documents"]),
-                          len(eval_set["canaries"]), len(eval_set["problems"]), len(eval_set["facts"]),
-                          len(eval_set["identity"]["questions"]), path)
+                          "questions, %d degeneracy prompts -> %s", len(eval_set["texts"]), len(eval_set["pairs"]),
+                          len(eval_set["documents"]), len(eval_set["canaries"]), len(eval_set["problems"]),
+                          len(eval_set["facts"]), len(eval_set["identity"]["questions"]),
+                          len(eval_set["degeneracy_prompts"]), path)
     return eval_set
 
 
@@ -155,6 +186,29 @@ def score(checkpoint: Path, eval_set: dict) -> dict:
     from model.evaluation import suite
 
     return suite(checkpoint, eval_set)
+
+
+@task(name="lineage", cache_policy=NONE)
+def lineage_scores(checkpoint: Path, eval_set: dict, candidate: dict) -> dict:
+    """lineage/<stage>/{distinct_2,repetition_rate,ended_rate} of each model in the candidate's
+    lineage on the eval set's degeneracy prompts (the candidate's own are its suite numbers)."""
+    from model.evaluation import checkpoint_degeneracy
+
+    if not eval_set.get("degeneracy_prompts"):
+        return {}
+    models, scores = lineage(checkpoint), {}
+    for stage in (s for s in STAGES if s in models):
+        found = ({k: candidate[f"eval/{k}"] for k in DEGENERACY_METRICS} if models[stage] == Path(checkpoint)
+                 else checkpoint_degeneracy(models[stage], eval_set["degeneracy_prompts"]))
+        scores.update({f"lineage/{stage}/{k}": v for k, v in found.items()})
+    return scores
+
+
+def lineage_line(scores: dict) -> str:
+    """One line: distinct_2 / repetition_rate / ended_rate per stage, in pipeline order."""
+    return "no collapse (distinct_2 / repetition_rate / ended_rate): " + ", ".join(
+        f"{stage} " + " / ".join(f"{scores[f'lineage/{stage}/{k}']:.3f}" for k in DEGENERACY_METRICS)
+        for stage in STAGES if f"lineage/{stage}/ended_rate" in scores)
 
 
 def warehouse_canaries(cfg: Config) -> int | None:
@@ -173,13 +227,15 @@ def warehouse_canaries(cfg: Config) -> int | None:
 def eval_flow(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> EvalSummary:
     logger = get_run_logger()
     checkpoint = Path(checkpoint) if checkpoint else newest_tuned(cfg.data_root)
-    key = stable_hash([str(checkpoint.resolve()), *(getattr(cfg, section).model_dump(mode="json") for section in
-                                                     ("eval", "audit", "rl", "knowledge", "assistant"))])
+    sections = ("eval", "audit", "rl", "knowledge", "assistant")
+    key = stable_hash([str(checkpoint.resolve()), EVAL_SET_VERSION,
+                       *(getattr(cfg, section).model_dump(mode="json") for section in sections)])
     folder = cfg.data_root / "eval" / key[:12]
     if (folder / "metrics.json").exists():
         metrics = json.loads((folder / "metrics.json").read_text())
+        scores = json.loads((folder / "lineage.json").read_text()) if (folder / "lineage.json").exists() else {}
         logger.info("eval: nothing new, %s was scored: %s", checkpoint, metrics)
-        return EvalSummary(checkpoint, folder / "eval_set.json", metrics, True)
+        return EvalSummary(checkpoint, folder / "eval_set.json", metrics, True, lineage=scores)
 
     tracking = Tracking(cfg.data_root, cfg.experiment)
     with tracking.run("eval", parent_run_id, tags={"prefect.flow_run_id": str(get_run_context().flow_run.id),
@@ -191,12 +247,16 @@ def eval_flow(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | 
         in_warehouse = warehouse_canaries(cfg)
         if in_warehouse is not None:
             metrics["audit/canaries_in_warehouse"] = in_warehouse
+        scores = lineage_scores(checkpoint, eval_set, metrics)
         logger.info("eval %s: %s", checkpoint, {k: round(v, 4) for k, v in metrics.items()})
-        tracking.log_metrics(run_id, metrics)
+        if scores:
+            logger.info("eval: %s", lineage_line(scores))
+        tracking.log_metrics(run_id, {**metrics, **scores})
         tracking.log_files(run_id, [folder / "eval_set.json"], "eval")
-        tracking.log_text(run_id, eval_table(metrics), "eval/table.md")
+        tracking.log_text(run_id, eval_table({**metrics, **scores}), "eval/table.md")
+        (folder / "lineage.json").write_text(json.dumps(scores, indent=1))
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))  # last: marks it done
-    return EvalSummary(checkpoint, folder / "eval_set.json", metrics, False, run_id)
+    return EvalSummary(checkpoint, folder / "eval_set.json", metrics, False, run_id, scores)
 
 
 def run_eval(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> EvalSummary:

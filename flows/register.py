@@ -11,7 +11,9 @@ prompts in, replies out) logged with explicit pip requirements and crawl2model's
 `tasks/` code, so `mlflow.pyfunc.load_model("models:/crawl2model@champion")` works in a fresh
 Python. Artifacts: the checkpoint with its tokenizer, the eval set, and the exported files (GGUF
 with Modelfiles, the variant table). Version tags: snapshot, tokenizer_sha256, config_hash,
-code_version, prefect_flow_run_id, checkpoint, checkpoint_sha256, funnel, the eval metrics.
+code_version, prefect_flow_run_id, checkpoint, checkpoint_sha256, funnel, the eval metrics. Description:
+the model card (flows/model_card.py: data, what each stage taught with this run's numbers, limits,
+how to load, chat and serve), also the register run's artifact `model_card.md`.
 
 The gate scores the current champion on the candidate's eval set (model.evaluation.suite: the
 same texts, pairs, problems, facts, identity questions and canaries) and promotes when every rule
@@ -38,7 +40,10 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config
+from flows.evaluate import lineage as checkpoint_chain
+from flows.model_card import CardFacts, fit, model_card
 from flows.tracking import Tracking
+from model.config import ModelConfig
 from warehouse.files import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,22 +73,46 @@ def code_version() -> str:
         return version("crawl2model")
 
 
-def lineage(cfg: Config, checkpoint: Path) -> dict[str, str]:
-    """Where the model came from: data snapshot and funnel, tokenizer, config, code."""
-    from crawl2model.config import stable_hash
+def training_data(cfg: Config, checkpoint: Path) -> tuple[dict, dict, list[dict]]:
+    """The checkpoint's meta.json, its token shards' manifest and its snapshot's funnel (empty when unknown)."""
     from warehouse import Warehouse
 
     meta = json.loads((checkpoint / "meta.json").read_text())
     manifest_path = meta.get("train", {}).get("manifest")
     manifest = json.loads(Path(manifest_path).read_text()) if manifest_path and Path(manifest_path).exists() else {}
+    funnel = []
+    if manifest.get("snapshot") and (cfg.data_root / "warehouse.duckdb").exists():
+        with Warehouse.open(cfg.data_root, read_only=True) as wh:
+            funnel = wh.funnel(manifest["snapshot"])
+    return meta, manifest, funnel
+
+
+def lineage(cfg: Config, checkpoint: Path, manifest: dict, funnel: list[dict]) -> dict[str, str]:
+    """Where the model came from: data snapshot and funnel, tokenizer, config, code."""
+    from crawl2model.config import stable_hash
+
     tags = {"snapshot": manifest.get("snapshot", ""), "tokenizer_sha256": manifest.get("tokenizer_sha256", ""),
             "config_hash": stable_hash(cfg.model_dump(mode="json", exclude={"data_root"}))[:16],
             "code_version": code_version(), "checkpoint": str(checkpoint),
             "checkpoint_sha256": file_sha256(checkpoint / "model.safetensors")}
-    if tags["snapshot"] and (cfg.data_root / "warehouse.duckdb").exists():
-        with Warehouse.open(cfg.data_root, read_only=True) as wh:
-            tags["funnel"] = json.dumps({r["stage"]: [r["docs_in"], r["docs_out"]] for r in wh.funnel(tags["snapshot"])})
+    if funnel:
+        tags["funnel"] = json.dumps({r["stage"]: [r["docs_in"], r["docs_out"]] for r in funnel})
     return tags
+
+
+def card_facts(cfg: Config, checkpoint: Path, meta: dict, manifest: dict, funnel: list[dict], exports: Path | None,
+               promoted: bool, verdict: str) -> CardFacts:
+    """What the model card says besides the eval metrics (flows/model_card.py)."""
+    model = ModelConfig.from_dict(meta["config"]) if "config" in meta else None
+    splits = {split: manifest.get("metrics", {}).get(f"tokenizer/tokens_{split}") for split in ("train", "val")}
+    files = (sorted(exports.glob("gguf/*.gguf")) + [exports / "hf"]) if exports is not None else []
+    return CardFacts(stages=list(checkpoint_chain(checkpoint))[::-1], snapshot=manifest.get("snapshot", ""),
+                     funnel=funnel, tokens={k: int(v) for k, v in splits.items() if v is not None},
+                     vocab_size=manifest.get("vocab_size") or (model.vocab_size if model else None),
+                     params=model.num_params() if model else None, context=model.max_seq_len if model else None,
+                     assistant=cfg.assistant.name if cfg.assistant.identity_rows else "", maker=cfg.assistant.maker,
+                     alias="champion" if promoted else "candidate", decision=verdict.split(":")[0],
+                     exports=[str(p.resolve()) for p in files if p.exists()])
 
 
 def gate_checks(candidate: dict, champion: dict, cfg: Config) -> list[tuple[str, bool | None, str]]:
@@ -221,7 +250,8 @@ def register_flow(cfg: Config, checkpoint: Path, eval_metrics: dict, eval_set: P
     with tracking.run("register", parent_run_id, tags={"prefect.flow_run_id": flow_run_id, "stage": "register",
                                                        "checkpoint": str(checkpoint)}) as run_id:
         model_version = log_model(cfg, run_id, checkpoint, eval_set, exports)
-        tags = {**lineage(cfg, checkpoint), "prefect_flow_run_id": flow_run_id,
+        meta, manifest, funnel = training_data(cfg, checkpoint)
+        tags = {**lineage(cfg, checkpoint, manifest, funnel), "prefect_flow_run_id": flow_run_id,
                 **{k: f"{v:.6g}" for k, v in eval_metrics.items()}}
         for key, value in tags.items():
             client.set_model_version_tag(name, model_version, key, value)
@@ -239,6 +269,10 @@ def register_flow(cfg: Config, checkpoint: Path, eval_metrics: dict, eval_set: P
                                       **{f"gate/champion/{k}": v for k, v in champion_metrics.items()}})
         tracking.set_tags(run_id, {"gate.decision": verdict, "model_version": model_version})
         tracking.log_text(run_id, gate_table(eval_metrics, champion_metrics, cfg, verdict), "gate/table.md")
+        card = model_card(name, model_version, eval_metrics,
+                          card_facts(cfg, checkpoint, meta, manifest, funnel, exports, promoted, verdict))
+        tracking.log_text(run_id, card, "model_card.md")
+        client.update_model_version(name, model_version, description=fit(card))
         logger.info("register: %s version %s, %s", name, model_version, verdict)
     return RegisterSummary(name, model_version, promoted, verdict, eval_metrics, champion_metrics, False, run_id)
 

@@ -18,6 +18,14 @@ models (a candidate and the champion, even with different tokenizers) can be com
     eval/refusal_rate       never-taught questions answered "I don't know"
     eval/identity_rate      held-out identity questions answered with the configured name (model.identity)
     eval/other_name_rate    ... answered with another assistant's name
+    eval/distinct_2         distinct word 2-grams / all 2-grams over the greedy replies to the eval set's
+                            "degeneracy_prompts" (words and punctuation marks: "0=0=0" is 5 tokens);
+                            low = the model says the same things over and over
+    eval/repetition_rate    share of those replies in which some word 3-gram occurs 3 or more times
+    eval/ended_rate         share of those replies that stop at their end token within DEGENERACY_TOKENS
+                            (greedy): <|end_of_turn|> for a tuned model, asked through the chat template;
+                            <|endoftext|> for a pretrained one (meta.json without "kind", or "pretrain"),
+                            which continues the prompt as plain text
 
 Texts go through the plain-text encoder (text like "<|user|>" is not a marker) with
 <|endoftext|> in front, so the first token is predicted too.
@@ -25,21 +33,25 @@ Texts go through the plain-text encoder (text like "<|user|>" is not a marker) w
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model.chat_data import BadRow, PreferencePair, encode_preference
+from model.chat_data import BadRow, PreferencePair, chat_prompt_ids, encode_preference
 from model.dpo import collate_pairs, pair_logps
 from model.generate import generate
 from model.llama import Llama
 from model.sampling import load_model_and_tokenizer
-from tasks.bpe import plain_text_encoder
+from tasks.bpe import END_OF_TURN, plain_text_encoder
 
 EOT_ID = 0  # <|endoftext|>, the first special token of every crawl2model tokenizer
+DEGENERACY_TOKENS = 48  # greedy tokens per reply for eval/distinct_2, eval/repetition_rate, eval/ended_rate
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -128,10 +140,70 @@ def canary_leaks(model: Llama, tokenizer: Tokenizer, canaries: list[dict], max_n
     return [c["id"] for c, ids in zip(canaries, made) if c["secret"] in tokenizer.decode(ids)]
 
 
+def _words(text: str) -> list[str]:
+    """Words and punctuation marks: degenerate replies ("0=0=0=0") are rarely split by spaces."""
+    return re.findall(r"\w+|[^\w\s]", text)
+
+
+def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    words = _words(text)
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_n(replies: list[str], n: int = 2) -> float:
+    """Distinct word n-grams / all word n-grams over all replies (0.0 when there is no n-gram)."""
+    grams = [g for r in replies for g in _ngrams(r, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(replies: list[str]) -> float:
+    """Share of replies in which some word 3-gram occurs 3 or more times (0.0 for no reply)."""
+    repeats = [any(c >= 3 for c in Counter(_ngrams(r, 3)).values()) for r in replies]
+    return sum(repeats) / len(repeats) if repeats else 0.0
+
+
+def is_chat_model(checkpoint: Path) -> bool:
+    """A tuned checkpoint (sft, dpo, rl): its meta.json names a kind other than "pretrain"."""
+    return json.loads((Path(checkpoint) / "meta.json").read_text()).get("kind", "pretrain") != "pretrain"
+
+
+@torch.no_grad()
+def replies(model: Llama, tokenizer: Tokenizer, prompts: list[str], chat: bool,
+            max_new_tokens: int = DEGENERACY_TOKENS) -> list[tuple[str, bool]]:
+    """(greedy reply, stopped at its end token?) per prompt. chat: a user turn through the chat
+    template, ending at <|end_of_turn|> (model.posttrain.reply's prompt); otherwise <|endoftext|> +
+    the prompt as plain text, continued until <|endoftext|>. At most half the context is generated;
+    prompts are cut from the left to fit the rest."""
+    if chat:
+        ids, end = [chat_prompt_ids(tokenizer, p) for p in prompts], tokenizer.token_to_id(END_OF_TURN)
+    else:
+        plain = plain_text_encoder(tokenizer)
+        ids, end = [[EOT_ID, *plain.encode(p).ids] for p in prompts], EOT_ID
+    room = min(max_new_tokens, model.config.max_seq_len // 2)
+    new = generate(model, [p[-(model.config.max_seq_len - room):] for p in ids], room, temperature=0.0, eos_id=end)
+    return [(tokenizer.decode(n), bool(n) and n[-1] == end) for n in new]
+
+
+def degeneracy(model: Llama, tokenizer: Tokenizer, prompts: list[str], chat: bool,
+               max_new_tokens: int = DEGENERACY_TOKENS) -> dict[str, float]:
+    """{"distinct_2", "repetition_rate", "ended_rate"} of the greedy replies to `prompts` (see replies)."""
+    made = replies(model, tokenizer, prompts, chat, max_new_tokens) if prompts else []
+    texts = [text for text, _ in made]
+    return {"distinct_2": distinct_n(texts, 2), "repetition_rate": repetition_rate(texts),
+            "ended_rate": sum(ended for _, ended in made) / len(made) if made else 0.0}
+
+
+def checkpoint_degeneracy(checkpoint: Path, prompts: list[str]) -> dict[str, float]:
+    """degeneracy() of a checkpoint: chat replies for a tuned one, plain continuations for a pretrained one."""
+    model, tokenizer = load_model_and_tokenizer(checkpoint)
+    return degeneracy(model, tokenizer, prompts, chat=is_chat_model(checkpoint))
+
+
 def suite(checkpoint: Path, eval_set: dict) -> dict[str, float]:
     """Every metric of the module for one checkpoint on one eval set ({"texts", "pairs" (with
     "reference": [log p(chosen), log p(rejected)]),
-    "documents", "canaries", "prefix_tokens", "continuation_tokens"}; missing parts are skipped)."""
+    "documents", "canaries", "prefix_tokens", "continuation_tokens", "degeneracy_prompts", and
+    assistant_scores' parts}; missing parts are skipped)."""
     model, tokenizer = load_model_and_tokenizer(checkpoint)
     metrics: dict[str, float] = {}
     if eval_set.get("texts"):
@@ -148,6 +220,9 @@ def suite(checkpoint: Path, eval_set: dict) -> dict[str, float]:
             metrics["audit/regurgitation_rate"] = rate
     if eval_set.get("canaries"):
         metrics["audit/canary_leaks"] = len(canary_leaks(model, tokenizer, eval_set["canaries"]))
+    if eval_set.get("degeneracy_prompts"):
+        scores = degeneracy(model, tokenizer, eval_set["degeneracy_prompts"], chat=is_chat_model(checkpoint))
+        metrics.update({f"eval/{k}": v for k, v in scores.items()})
     return {**metrics, **assistant_scores(model, tokenizer, eval_set)}
 
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -115,6 +116,15 @@ def test_register_and_promote_against_a_real_mlflow_server(tuned, data_root, pre
                 "eval/val_bpb", "eval/reward_accuracy", "gate.decision"):
         assert version.tags[tag], tag
     assert version.tags["checkpoint"] == str(tuned["good"]) and version.tags["gate.promoted"] == "1"
+    card = version.description  # the model card: this run's numbers, limits, how to load it
+    assert f"| `eval/val_bpb` | {good_eval.metrics['eval/val_bpb']:,.4g} |" in card
+    assert f"| `eval/reward_accuracy` | {good_eval.metrics['eval/reward_accuracy']:,.4g} |" in card
+    assert "`eval/identity_rate`" not in card and "`eval/arithmetic_accuracy`" not in card  # not measured here
+    assert "then SFT, then DPO" in card and "answer as Crawly" in card and "I don't know" in card
+    assert 'mlflow.pyfunc.load_model("models:/c2m-test/2")' in card and "crawl2model chat --alias champion" in card
+    assert "models --name c2m-test generate" in card and "At registration: promoted (alias `champion`" in card
+    assert client.get_model_version("c2m-test", "3").description.count("crawl2model chat --alias candidate") == 1
+    assert mlflow.artifacts.load_text(f"runs:/{second.mlflow_run_id}/model_card.md") == card
     gate_run = client.get_run(second.mlflow_run_id)
     assert gate_run.data.metrics["gate/promoted"] == 1.0 and "gate/champion/eval/val_bpb" in gate_run.data.metrics
 
