@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -91,10 +92,13 @@ def _config(ctx: typer.Context, overrides: list[str]) -> Config:
     return cfg
 
 
-def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
-    from flows.pipeline import StageNotAvailable, check_until, run_pipeline
+def _run(inputs: list[str] | None, cfg: Config, until: str | None) -> None:
+    # first thing, as importing and starting Prefect and MLflow take a while (minutes on a busy machine)
+    out.print(f"crawl2model: data root {cfg.data_root}; starting Prefect and MLflow ...", highlight=False)
+    from flows.pipeline import AVAILABLE, StageNotAvailable, check_until, run_pipeline
     from tasks.ingest import InputError, resolve_inputs
 
+    until = until or AVAILABLE[-1]
     try:
         check_until(until)
         if inputs:
@@ -102,34 +106,39 @@ def _run(inputs: list[str] | None, cfg: Config, until: str) -> None:
     except (StageNotAvailable, InputError) as exc:
         fail(str(exc))
     try:
-        result = run_pipeline(inputs, cfg, until=until, show_progress=True)
+        result = run_pipeline(inputs, cfg, until=until, show_progress=True, report=_reporter(until))
     except Exception as exc:
         fail(f"{type(exc).__name__}: {exc}", code=1)
-    s = result.curate
+    with _open_warehouse(cfg) as wh:
+        _print_funnel(wh.funnel(result.curate.snapshot))
+    out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
+    out.print(f"MLflow run {result.mlflow_run_id}: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+
+
+def _reporter(until: str):
+    """The pipeline's report callback: a line as each stage starts, its summary as it ends."""
+    from flows.pipeline import STAGES
+
+    printers = {"curate": _print_curate, "dedup": _print_dedup, "pii": _print_scrub, "tokenizer": _print_tokenizer,
+                "pretrain": _print_pretrain, "sft": _print_tune, "dpo": _print_tune, "rl": _print_tune,
+                "eval": _print_eval, "export": _print_export, "register": _print_register}
+    last = STAGES.index(until) + 1
+
+    def report(stage: str, summary) -> None:
+        if stage == "sample":
+            out.print("[bold]== bundled sample[/]: built and crawled on 127.0.0.1 the first time, then cached", highlight=False)
+        elif summary is None:
+            out.print(f"[bold]== {stage}[/] (stage {STAGES.index(stage) + 1} of {last})", highlight=False)
+        else:
+            printers[stage](summary)
+
+    return report
+
+
+def _print_curate(s) -> None:
     what = "nothing new: every shard was already in the warehouse" if s.no_op else f"{s.shards_processed} shard(s) curated"
     out.print(f"[bold green]snapshot {s.snapshot}[/]: {s.documents} documents curated ({s.text_chars / 1e6:.1f} MB of text), "
               f"{s.rejections} rejections; {what} in {s.seconds:.1f}s")
-    for summary in result.dedup:
-        _print_dedup(summary)
-    for summary in result.pii:
-        _print_scrub(summary)
-    if result.tokenizer:
-        _print_tokenizer(result.tokenizer)
-    if result.pretrain:
-        _print_pretrain(result.pretrain)
-    for summary in (result.sft, result.dpo, result.rl):
-        if summary:
-            _print_tune(summary)
-    if result.eval:
-        _print_eval(result.eval)
-    if result.export:
-        _print_export(result.export)
-    if result.register:
-        _print_register(result.register)
-    with _open_warehouse(cfg) as wh:
-        _print_funnel(wh.funnel(s.snapshot))
-    out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
-    out.print(f"MLflow run {result.mlflow_run_id}: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
 
 
 def _print_dedup(summary) -> None:
@@ -240,10 +249,7 @@ def run(
     _, bad = split_overrides(overrides or [])
     if len(bad) != len(overrides or []):
         fail("positional items must be key=value overrides; give inputs with --input")
-    cfg = _config(ctx, overrides or [])  # prepares the environment: before prefect is imported
-    from flows.pipeline import AVAILABLE
-
-    _run(inputs, cfg, until or AVAILABLE[-1])
+    _run(inputs, _config(ctx, overrides or []), until)  # _config prepares the environment: before prefect is imported
 
 
 # --- warehouse ------------------------------------------------------------------------------
@@ -699,6 +705,11 @@ def warehouse_duplicates(ctx: typer.Context, doc_id: str = typer.Argument(..., h
 
 
 def main() -> None:
+    # Piped to a file or a CI log, stdout is block-buffered: without this a run's lines would
+    # arrive minutes late, all at once at exit.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     app()
 
 

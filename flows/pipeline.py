@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from prefect import flow
 from prefect.context import get_run_context
@@ -29,6 +30,7 @@ from flows.scrub import ScrubSummary, run_scrub
 from flows.summary import publish_summary
 from flows.posttrain import TuneSummary, run_dpo, run_sft
 from flows.pretrain import PretrainSummary, run_pretrain
+from flows.progress import heartbeat
 from flows.register import RegisterSummary, run_register
 from flows.rl import run_rl
 from flows.tokenize_corpus import TokenizerSummary, run_tokenizer
@@ -86,15 +88,20 @@ def reaches(until: str, stage: str) -> bool:
 
 @flow(name="crawl2model-pipeline", log_prints=False)
 def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-1],
-                  show_progress: bool = True) -> PipelineResult:
+                  show_progress: bool = True, report: Callable | None = None) -> PipelineResult:
+    """`report(stage, None)` as a stage starts and `report(stage, summary)` as it ends (the CLI prints
+    them then, so a log shows the run as it goes); stage "sample" is the bundled sample being made."""
     started = time.perf_counter()
+    report = report or (lambda name, summary: None)
     flow_run_id = str(get_run_context().flow_run.id)
     tracking = Tracking(cfg.data_root, cfg.experiment)
     with tracking.run("pipeline", tags={"prefect.flow_run_id": flow_run_id, "until": until}) as parent:
         if not inputs:
             from flows.sample import prepare_sample
 
-            inputs = [str(prepare_sample(cfg, show_progress=show_progress))]
+            report("sample", None)
+            with heartbeat("sample", enabled=show_progress):
+                inputs = [str(prepare_sample(cfg, show_progress=show_progress))]
         if cfg.audit.canaries:  # planted in a copy of the input: the originals stay as they are
             from flows.evaluate import CANARY_FOLDER
             from tasks.canaries import make_canaries, plant_canaries
@@ -105,12 +112,16 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
         result = PipelineResult(parent, flow_run_id, list(inputs))
 
         def stage(name: str, run, *args, **kwargs):
-            """run(*args) as stage `name`, its wall time added to result.stage_seconds."""
+            """run(*args) as stage `name`, its wall time added to result.stage_seconds, reported."""
             begun = time.perf_counter()
+            report(name, None)
             try:
-                return run(*args, parent_run_id=parent, **kwargs)
+                with heartbeat(name, enabled=show_progress):
+                    summary = run(*args, parent_run_id=parent, **kwargs)
             finally:
                 result.stage_seconds[name] = result.stage_seconds.get(name, 0.0) + time.perf_counter() - begun
+            report(name, summary)
+            return summary
 
         result.curate = stage("curate", run_curate, list(inputs), cfg, show_progress=show_progress)
         # The snapshot stages catch up on every snapshot they have not processed with this config,
@@ -162,7 +173,7 @@ def in_session(cfg: Config, fn, *args, **kwargs):
 
 
 def run_pipeline(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[-1],
-                 show_progress: bool = True) -> PipelineResult:
-    """The pipeline flow, up to `until`."""
+                 show_progress: bool = True, report: Callable | None = None) -> PipelineResult:
+    """The pipeline flow, up to `until`; `report` as in pipeline_flow."""
     check_until(until)
-    return in_session(cfg, pipeline_flow, inputs, cfg, until, show_progress)
+    return in_session(cfg, pipeline_flow, inputs, cfg, until, show_progress, report)

@@ -34,6 +34,7 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
+from flows.progress import progress_bar
 from flows.tokenize_corpus import latest
 from flows.tracking import Tracking, flatten
 from tasks.bpe import load_tokenizer
@@ -120,14 +121,17 @@ def train_task(settings: dict, nproc: int, max_steps: int, tracking: Tracking, r
                tokenizer) -> tuple[list[dict], list[str]]:
     """Run model.train (torchrun when nproc > 1) and stream its JSON metric lines to MLflow and the
     Prefect log; returns the metric history and the decoded samples. stderr goes to a file, not a pipe,
-    so a chatty trainer cannot fill the pipe and stall while we read stdout."""
+    so a chatty trainer cannot fill the pipe and stall while we read stdout. Progress: a bar on a
+    terminal, else a plain line every ~30 s (flows.progress)."""
     logger = get_run_logger()
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # unbuffered: each metric line reaches us (and the log) as the step ends, under torchrun too
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
     history: list[dict] = []
     samples: list[str] = []
-    with tempfile.TemporaryFile("w+") as stderr:
+    shown = 0  # steps the progress shows (a resumed run starts past 0)
+    with tempfile.TemporaryFile("w+") as stderr, progress_bar("pretrain", total=max_steps, unit="steps") as advance:
         proc = subprocess.Popen(_command(settings, nproc), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=stderr, text=True)
+                                stderr=stderr, text=True, bufsize=1)
         for line in proc.stdout:
             if not line.startswith("{"):
                 continue
@@ -145,6 +149,8 @@ def train_task(settings: dict, nproc: int, max_steps: int, tracking: Tracking, r
                 continue
             history.append(metrics)
             step = metrics["step"]
+            advance(step - shown)
+            shown = step
             tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"},
                                  step=step)
             if "samples" in metrics:
