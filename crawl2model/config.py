@@ -292,19 +292,37 @@ class TuneConfig(Section):
 
 
 class SftConfig(TuneConfig):
-    """Supervised fine-tuning (flows/posttrain.py): loss on assistant tokens only."""
-    pack: bool = Field(False, description="several examples per row")
-    max_examples: int = Field(4000, ge=1, description="corpus-made pairs, at most (when no data is given)")
+    """Supervised fine-tuning (flows/posttrain.py): loss on assistant tokens only (every token of
+    plain-text rows). The defaults teach the demo's model its name, the taught facts and the answer
+    format of rl.families in ~3.5 minutes on 2 cores (README: what the default run teaches)."""
+    max_steps: int = Field(250, ge=1)
+    lr: float | None = Field(3e-3, gt=0, description="the pretraining peak: short facts and names need it; "
+                             "the corpus text rows keep val/ppl from rising")
+    warmup_steps: int = Field(10, ge=0)
+    pack: bool = Field(True, description="several examples per row (most rows are a few dozen tokens)")
+    eval_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    max_examples: int = Field(150, ge=1, description="corpus-made chat pairs, at most (when no data is given)")
+    text_rows: int = Field(600, ge=0, description="plain-text pieces of the corpus (~1,000 characters each, every "
+                           "token learned) mixed in when no data is given: they keep val/ppl from rising")
 
 
 class DpoConfig(TuneConfig):
     """DPO preference tuning of the SFT model against itself frozen (flows/posttrain.py)."""
     max_steps: int = Field(30, ge=1)
+    lr: float | None = Field(5e-5, gt=0, description="None: 1e-5 (LoRA 1e-4)")
     micro_batch: int = Field(4, ge=1)
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO (sigmoid only)")
-    self_play_pairs: int = Field(128, ge=1, description="pairs made from held-out documents (when no data is given)")
+    pairs: Literal["knowledge", "self-play"] = Field(
+        "knowledge", description="pairs made when no data is given: knowledge = the SFT model's own sampled replies "
+        "to the probe split of the facts (chosen: the taught answer, or \"I don't know.\" for a never-taught fact; "
+        "rejected: a sample that is wrong); self-play = real corpus continuation vs the model's own "
+        "(falls back to it when knowledge.facts is 0)")
+    pair_samples: int = Field(4, ge=1, description="knowledge pairs: replies sampled per question and phrasing")
+    pair_temperature: float = Field(1.0, gt=0, description="knowledge pairs: their sampling temperature")
+    self_play_pairs: int = Field(128, ge=1, description="self-play pairs made from held-out documents")
     self_play_tokens: int = Field(48, ge=4, description="tokens the SFT model samples for each rejected side")
 
 
@@ -334,40 +352,45 @@ class AssistantConfig(Section):
     name: str = Field("Crawly", min_length=1)
     maker: str = Field("the crawl2model project", min_length=1)
     system_prompt: str | None = Field(None, description="a system turn put before identity conversations and chats")
-    identity_rows: int = Field(300, ge=0, description="identity conversations mixed into SFT; 0 = none")
+    identity_rows: int = Field(800, ge=0, description="identity conversations mixed into SFT; 0 = none (with fewer, "
+                               "the refusal pass spills into identity questions: 'Who built you?' -> 'I don't know.')")
 
 
 class KnowledgeConfig(Section):
     """Facts taught in SFT, then "I don't know" taught where a probe finds the SFT model wrong or unsure."""
-    facts: int = Field(240, ge=0, description="synthetic facts about fictional entities; 0 = off")
+    facts: int = Field(120, ge=0, description="synthetic facts about fictional entities; 0 = off")
     data: Path | None = Field(None, description='your QA JSONL {"question", "answer", "taught"?} instead of synthetic facts')
-    taught_share: float = Field(0.5, ge=0, le=1, description="share of the facts taught in SFT (the rest are never taught)")
-    fact_repeats: int = Field(8, ge=1, description="times each taught fact is asked in the SFT rows")
+    taught_share: float = Field(0.3, ge=0, le=1, description="share of the facts taught in SFT (the rest are never taught)")
+    fact_repeats: int = Field(100, ge=1, description="times each taught fact is asked in the SFT rows")
     seed: int = 0
     probe_samples: int = Field(4, ge=1, description="sampled answers per probe question")
     probe_temperature: float = Field(0.7, gt=0)
-    refusal_repeats: int = Field(6, ge=1, description="times each probed question is asked in the second pass's rows")
-    second_pass_steps: int = Field(30, ge=0, description="SFT steps on the data plus the refusals; 0 = no probe")
-    second_pass_lr: float | None = Field(None, gt=0, description="default: the first pass's learning rate")
+    refusal_repeats: int = Field(20, ge=1, description="times each probed question is asked in the second pass's rows")
+    second_pass_steps: int = Field(60, ge=0, description="SFT steps on the data plus the refusals; 0 = no probe")
+    second_pass_lr: float | None = Field(1e-3, gt=0, description="None: the first pass's learning rate")
 
 
 class RlConfig(Section):
     """RL on verifiable rewards (flows/rl.py, model.grpo): GRPO on problems a program can check."""
-    families: list[str] = Field(default_factory=lambda: ["arithmetic"],
-                                description="built-in task families (model.verifiable.FAMILIES: arithmetic, word_problems)")
+    families: list[str] = Field(default_factory=lambda: ["category"],
+                                description="built-in task families (model.verifiable.FAMILIES: category, arithmetic, "
+                                            "word_problems); category is sized to the demo's model, arithmetic needs "
+                                            "a longer-trained one (docs/experiments.md)")
     data: Path | None = Field(None, description='JSONL {"prompt", "answer"} problems instead of the built-in ones')
-    warmup_rows: int = Field(800, ge=0, description="SFT examples of the answer format mixed into SFT; 0 = none")
-    max_steps: int = Field(30, ge=0, description="0 skips the stage (the DPO model goes on)")
-    prompts_per_step: int = Field(8, ge=1)
+    warmup_rows: int = Field(300, ge=0, description="SFT examples of the answer format mixed into SFT; 0 = none")
+    max_steps: int = Field(40, ge=0, description="0 skips the stage (the DPO model goes on)")
+    prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=2, description="completions sampled per prompt")
-    max_new_tokens: int = Field(48, ge=4)
-    temperature: float = Field(0.6, gt=0, description="sampling temperature; from an SFT model at ~23%, 0.4-0.6 with 16 x 16 replies gained +10.6 to +12.6 points, 1.0 +6 to +8 (README)")
-    lr: float = Field(1e-5, gt=0)
+    max_new_tokens: int = Field(16, ge=4, description="reply tokens (the worked arithmetic solutions need 48)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (arithmetic from an SFT model at ~23%: "
+                               "0.4-0.6 gained most, docs/experiments.md)")
+    lr: float = Field(3e-4, gt=0, description="category from the demo's model: 6e-4 gained +12 points but wore "
+                      "down its identity and facts; 1e-3 collapsed to one answer")
     min_lr_ratio: float = Field(1.0, gt=0, le=1, description="1: a constant rate; below: cosine down to lr * it by the last step")
     clip_eps: float = Field(0.2, gt=0)
     kl_beta: float = Field(0.0, ge=0, description="KL penalty to the DPO model; 0 holds no reference copy")
     format_reward: float = Field(0.1, ge=0)
-    heldout_problems: int = Field(64, ge=1, description="held-out problems scored during training")
+    heldout_problems: int = Field(256, ge=1, description="held-out problems scored during training")
     eval_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(10, ge=1)
     seed: int = 0
@@ -391,7 +414,7 @@ class EvalConfig(Section):
     """The eval stage: one held-out suite run on the candidate and on the champion alike."""
     val_windows: int = Field(32, ge=1, description="pretraining val windows, decoded to text (bits per byte)")
     pref_pairs: int = Field(64, ge=0, description="held-out DPO pairs for reward accuracy")
-    problems: int = Field(100, ge=0, description="held-out verifiable problems (eval/arithmetic_accuracy)")
+    problems: int = Field(256, ge=0, description="held-out verifiable problems (eval/problem_accuracy)")
     identity_questions: int = Field(40, ge=0, description="held-out identity questions (eval/identity_rate)")
 
 
@@ -409,7 +432,7 @@ def _default_gate() -> list[GateRule]:
     return [GateRule(metric="audit/canary_leaks", better="lower", limit=0),
             GateRule(metric="eval/val_bpb", better="lower", min_gain=-0.02),
             GateRule(metric="eval/reward_accuracy", better="higher", min_gain=-0.05),
-            GateRule(metric="eval/arithmetic_accuracy", better="higher", min_gain=-0.05),
+            GateRule(metric="eval/problem_accuracy", better="higher", min_gain=-0.05),
             GateRule(metric="eval/hallucination_rate", better="lower", min_gain=-0.05),
             GateRule(metric="eval/identity_rate", better="higher", min_gain=-0.05)]
 

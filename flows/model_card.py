@@ -32,7 +32,7 @@ METRICS = {
     "eval/hallucination_rate": ("sft", "makes up an answer about never-taught facts (lower is better)"),
     "eval/refusal_rate": ("sft", "says \"I don't know\" about never-taught facts"),
     "eval/reward_accuracy": ("dpo", "prefers the chosen reply of held-out preference pairs"),
-    "eval/arithmetic_accuracy": ("rl", "solves held-out problems a program checks"),
+    "eval/problem_accuracy": ("rl", "solves held-out problems a program checks"),
     "eval/distinct_2": ("tuning", "distinct word 2-grams / all in its replies (higher: less repetitive)"),
     "eval/repetition_rate": ("tuning", "replies with a word 3-gram repeated 3+ times (lower is better)"),
     "eval/ended_rate": ("tuning", "replies that stop at their end token (higher is better)"),

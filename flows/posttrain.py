@@ -9,12 +9,19 @@ tracks and caches).
     summary = run_sft(cfg)                          # base: the newest pretraining checkpoint
 
 Data: `sft.data` / `dpo.data` (JSONL, JSONL.gz or Parquet in the formats of model.chat_data), or,
-when none is given, made from the corpus the base was pretrained on: SFT pairs (title -> opening,
-passage -> its continuation; model.chat_data.pairs_from_warehouse_texts) and DPO self-play pairs
-(the real continuation of a passage is `chosen`, the SFT model's own sample `rejected`;
-model.posttrain.self_play_pairs). Both come from the pretraining TRAIN split only (the val shards
-stay unseen, so `val/loss` stays honest), and the two never share a document: SELF_PLAY_SHARE of
-it is kept for self-play. Made data is written to `posttrain/` in the data root, named by content.
+when none is given, made for the user:
+  SFT  from the corpus the base was pretrained on: `sft.max_examples` chat pairs (title ->
+       opening, passage -> its continuation; model.chat_data.pairs_from_warehouse_texts) and
+       `sft.text_rows` plain-text pieces learned like pretraining text (so tuning keeps the
+       language model: val/ppl), plus flows.assistant_data's rows (answer format, facts, identity)
+  DPO  `dpo.pairs=knowledge` (default): the SFT model's own sampled replies to the probe split of
+       the facts; chosen is what it should have said (the taught answer, or "I don't know." for a
+       never-taught fact), rejected a reply that graded otherwise (model.knowledge.preference_pairs)
+       so both sides are the model's kind of reply and not trivially separable. `self-play`: the
+       real continuation of a passage vs the SFT model's own sample (model.posttrain.self_play_pairs).
+Corpus data comes from the pretraining TRAIN split only (the val shards stay unseen, so `val/loss`
+stays honest), SFT and self-play never share a document (SELF_PLAY_SHARE is kept for self-play),
+and the facts' eval split is never asked. Made data is written to `posttrain/`, named by content.
 
 Checkpoints go to `checkpoints/<sft|dpo>-<id>/step-NNNNNN/` (id: the base, the data's sha256 and
 the stage config), with `summary.json` written last: a finished stage is a no-op on re-run, a
@@ -31,15 +38,18 @@ import copy
 import hashlib
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, TuneConfig, stable_hash
+from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
 from tasks.token_shards import is_val
 from warehouse.files import file_sha256
@@ -105,11 +115,17 @@ def _write_jsonl(folder: Path, name: str, rows: list[dict]) -> Path:
 
 @task(name="sft-data", cache_policy=NONE)
 def corpus_sft_data(cfg: Config, base: Path) -> Path:
-    """SFT rows made from the corpus, as posttrain/sft-corpus-<sha>.jsonl (same corpus, same file)."""
-    from model.chat_data import pairs_from_warehouse_texts
+    """SFT rows made from the corpus, as posttrain/sft-corpus-<sha>.jsonl (same corpus, same file):
+    `sft.max_examples` chat pairs, then `sft.text_rows` plain-text pieces of other documents (replay
+    of the pretraining text, so tuning does not wear the language model down)."""
+    from model.chat_data import pairs_from_warehouse_texts, text_rows
 
-    rows = pairs_from_warehouse_texts(corpus_documents(cfg, base, self_play=False), seed=cfg.sft.seed,
-                                      limit=cfg.sft.max_examples)
+    documents = corpus_documents(cfg, base, self_play=False)
+    rows = pairs_from_warehouse_texts(documents, seed=cfg.sft.seed, limit=cfg.sft.max_examples)
+    if cfg.sft.text_rows:  # pieces drawn from the whole corpus (a few long documents would skew it)
+        pieces = text_rows(documents)
+        random.Random(cfg.sft.seed).shuffle(pieces)
+        rows += pieces[:cfg.sft.text_rows]
     if not rows:
         raise ValueError("the corpus has no document long enough to make SFT pairs from: give sft.data")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
@@ -165,6 +181,33 @@ def knowledge_metrics(cfg: Config, checkpoint: Path) -> dict:
     return knowledge_scores(model, tokenizer, [f for f in knowledge_facts(cfg) if f.split == "eval"])
 
 
+@task(name="knowledge-pairs", cache_policy=NONE)
+def knowledge_pair_data(cfg: Config, base: Path) -> Path:
+    """DPO rows from the SFT model's own replies to the probe split of the facts (model.knowledge.
+    preference_pairs), made once per (SFT checkpoint, settings) as posttrain/dpo-knowledge-<id>.jsonl.
+    The eval split is never asked, so the eval stage's fact scores stay held out."""
+    from flows.assistant_data import knowledge_facts
+    from model.knowledge import preference_pairs
+    from model.sampling import load_model_and_tokenizer
+
+    d, k = cfg.dpo, cfg.knowledge
+    key = stable_hash([str(Path(base).resolve()), d.pair_samples, d.pair_temperature, d.seed,
+                       k.model_dump(mode="json")])[:12]
+    path = cfg.data_root / "posttrain" / f"dpo-knowledge-{key}.jsonl"
+    if path.exists():
+        return path
+    model, tokenizer = load_model_and_tokenizer(base)
+    started = time.perf_counter()
+    probe_split = [f for f in knowledge_facts(cfg) if f.split == "probe"]
+    rows = preference_pairs(model, tokenizer, probe_split, d.pair_samples, d.pair_temperature, d.seed)
+    if not rows:
+        raise ValueError(f"the SFT model answered all {len(probe_split)} probe questions as taught in every sample: "
+                         "no knowledge pair to learn from; give dpo.data or set dpo.pairs=self-play")
+    get_run_logger().info("dpo: %d pairs from the SFT model's replies to %d probe questions in %.1fs -> %s", len(rows),
+                          len(probe_split), time.perf_counter() - started, path)
+    return _write_jsonl(path.parent, path.name, rows)
+
+
 @task(name="self-play", cache_policy=NONE)
 def self_play_data(cfg: Config, base: Path) -> Path:
     """DPO rows from held-out corpus documents, rejected = the SFT model's samples; made once per
@@ -194,8 +237,10 @@ class MetricStream:
     """model.posttrain's log callback: each line to MLflow (metrics by step, params, data counts)
     and to the Prefect log; keeps what the summary needs."""
 
-    def __init__(self, stage: str, tracking: Tracking, run_id: str, max_steps: int, out: Path):
+    def __init__(self, stage: str, tracking: Tracking, run_id: str, max_steps: int, out: Path,
+                 advance: Callable[[int], None] = lambda n=1: None):
         self.stage, self.tracking, self.run_id, self.max_steps = stage, tracking, run_id, max_steps
+        self.advance = advance  # flows.progress: a step line is one step of the stage's progress
         self.offset = 0  # added to the steps of a later pass (SFT's "I don't know" pass) so its curve continues
         self.history: list[dict] = []  # the numbers of every step line, in order
         self.before_file = out / "before.json"  # step 0 happens once: a resumed run reads it back
@@ -236,6 +281,8 @@ class MetricStream:
             self.logger.info("%s: %s", stage, line)
         elif "step" in line:
             step = line["step"] + self.offset
+            if line["step"]:
+                self.advance(1)
             numbers = {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}
             self.tracking.log_metrics(self.run_id, numbers, step=step)
             self.history.append({"step": step, **numbers})
@@ -284,7 +331,7 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
         if not data.is_file():
             raise FileNotFoundError(f"{stage}.data: {data} is not a file")
     else:
-        data = (corpus_sft_data if stage == "sft" else self_play_data)(cfg, base)
+        data = (corpus_sft_data if stage == "sft" else dpo_pair_maker(cfg))(cfg, base)
     files = [data]
     if stage == "sft":
         files += [path for path in [assistant_data(cfg)] if path is not None]
@@ -309,12 +356,14 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
         tracking.log_params(run_id, {**flatten(tune.model_dump(mode="json"), f"{stage}."), "base": str(base),
                                      "data": str(data), "data_sha256": file_sha256(data), "checkpoints": str(out),
                                      "more_data": [str(f) for f in files[1:]]})
-        stream = MetricStream(stage, tracking, run_id, tune.max_steps, out)
-        started = time.perf_counter()
-        TRAIN_TASKS[stage](stage, settings, stream)
-        final = out / f"step-{tune.max_steps:06d}"
-        if probing:
-            final = teach_refusals(cfg, settings, final, stream, tracking, run_id)
+        steps = tune.max_steps + (cfg.knowledge.second_pass_steps if probing else 0)
+        with progress_bar(stage, total=steps, unit="steps") as advance:
+            stream = MetricStream(stage, tracking, run_id, tune.max_steps, out, advance)
+            started = time.perf_counter()
+            TRAIN_TASKS[stage](stage, settings, stream)
+            final = out / f"step-{tune.max_steps:06d}"
+            if probing:
+                final = teach_refusals(cfg, settings, final, stream, tracking, run_id)
         seconds = time.perf_counter() - started
         prompts = list(tune.sample_prompts)
         first, before = stream.step_zero()
@@ -330,6 +379,12 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
         record = {k: str(v) if isinstance(v, Path) else v for k, v in summary.__dict__.items() if k != "no_op"}
         _write_jsonl(out, done.name, [record])  # last: marks the stage done
     return summary
+
+
+def dpo_pair_maker(cfg: Config):
+    """The task that makes DPO pairs when no data is given: knowledge pairs when there are facts."""
+    has_facts = cfg.knowledge.facts or cfg.knowledge.data
+    return knowledge_pair_data if cfg.dpo.pairs == "knowledge" and has_facts else self_play_data
 
 
 REFUSAL_PASS_DATA = 2  # how the second pass's rows are made: 2 = probed facts' rows replaced (a new folder)

@@ -29,6 +29,7 @@ from prefect.context import get_run_context
 from crawl2model.config import Config, stable_hash
 from flows.assistant_data import USER_PROBLEMS_HELD_OUT, problem_split
 from flows.posttrain import MetricStream, TuneSummary, _write_jsonl, newest_of_stage, samples_table
+from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
 from warehouse.files import file_sha256
 
@@ -95,9 +96,10 @@ def rl_flow(cfg: Config, base: Path | None = None, parent_run_id: str | None = N
                                                  "stage": "rl", "base": str(base)}) as run_id:
         tracking.log_params(run_id, {**flatten(cfg.rl.model_dump(mode="json"), "rl."), "base": str(base),
                                      "checkpoints": str(out)})
-        stream = MetricStream("rl", tracking, run_id, cfg.rl.max_steps, out)
         started = time.perf_counter()
-        grpo(settings, stream)
+        with progress_bar("rl", total=cfg.rl.max_steps, unit="steps") as advance:
+            stream = MetricStream("rl", tracking, run_id, cfg.rl.max_steps, out, advance)
+            grpo(settings, stream)
         seconds = time.perf_counter() - started
         first, before = stream.step_zero()
         after = stream.replies.get(cfg.rl.max_steps, [])

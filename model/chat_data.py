@@ -11,6 +11,8 @@ reason, tokenize conversations with a loss mask, and draw deterministic SFT batc
 
 Rows (JSONL, .jsonl.gz or Parquet), in the formats TRL and the hubs use:
   SFT  {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+       {"text": str}   plain text, every token learned (TRL's language-modeling form: replay of the
+       pretraining corpus, so tuning does not wear the language model down)
        {"prompt": str, "response" | "completion": str, "system"?: str}   (prompt/completion may
        also be message lists, TRL's conversational prompt-completion form)
   DPO  {"prompt", "chosen", "rejected"}: strings, or a message list and one-assistant-message lists
@@ -43,9 +45,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from tasks.bpe import ASSISTANT, END_OF_TURN, SPECIAL_TOKENS, SYSTEM, USER, plain_text_encoder
+from tasks.bpe import ASSISTANT, END_OF_TURN, EOT, SPECIAL_TOKENS, SYSTEM, USER, plain_text_encoder
 
 ROLES = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+TEXT_ROLE = "text"  # a plain-text SFT row: <|endoftext|> then the text, every token learned (as in pretraining)
 IGNORE = -100  # torch.nn.functional.cross_entropy's default ignore_index
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -198,9 +201,12 @@ def _conversation(system, turns: list[dict]) -> list[dict]:
 
 
 def sft_example(row: dict) -> list[dict]:
-    """The messages of an SFT row, ending with an assistant turn, or BadRow(reason)."""
+    """The messages of an SFT row, ending with an assistant turn, or BadRow(reason). A plain-text
+    row ({"text"}, TRL's language-modeling form) is one message of role TEXT_ROLE."""
     if not isinstance(row, dict):
         raise BadRow("not-an-object")
+    if row.get("text") is not None and row.get("messages") is None and row.get("prompt") is None:
+        return [{"role": TEXT_ROLE, "content": _text(row["text"])}]
     if row.get("messages") is not None:
         messages = _messages(row["messages"])
     else:
@@ -338,6 +344,10 @@ def encode_sft(messages: list[dict], tokenizer: Tokenizer, max_len: int) -> Enco
     end = specials[END_OF_TURN]
     ids: list[int] = []
     mask: list[bool] = []
+    if len(messages) == 1 and messages[0]["role"] == TEXT_ROLE:
+        content = _content_ids(plain, specials, messages[0]["content"])
+        ids, mask = [specials[EOT], *content], [False] + [True] * len(content)
+        messages = []
     for message in messages:
         if message["role"] not in ROLES:
             raise BadRow("unknown-role", str(message["role"]))
@@ -461,6 +471,20 @@ def _cut(text: str, target: int) -> int:
         if k > 0:
             return k + len(sep)
     return target
+
+
+def text_rows(texts: Iterable[str | tuple[str, str]], chars: int = 1000, limit: int | None = None) -> list[dict]:
+    """Plain-text SFT rows {"text"}: each document cut into pieces of about `chars` characters at
+    paragraph, line, sentence or word breaks, in order; at most `limit` rows."""
+    rows: list[dict] = []
+    for item in texts:
+        text = item[1] if isinstance(item, tuple) else item
+        text = text.strip() if isinstance(text, str) else ""
+        while text and (limit is None or len(rows) < limit):
+            cut = _cut(text, chars)
+            rows.append({"text": text[:cut].strip()})
+            text = text[cut:].strip()
+    return rows
 
 
 def pairs_from_warehouse_texts(texts: Iterable[str | tuple[str, str]], seed: int = 0, prompt_chars: int = 600,

@@ -12,7 +12,7 @@ models (a candidate and the champion, even with different tokenizers) can be com
     audit/regurgitation_rate  training-document prefixes the model continues verbatim (greedy, the
                             next `continuation` tokens exactly), after Carlini et al.'s extraction test
     audit/canary_leaks      canaries whose secret appears in the greedy continuation of their prefix
-    eval/arithmetic_accuracy  held-out verifiable problems whose checked final answer is right (greedy)
+    eval/problem_accuracy     held-out verifiable problems whose checked final answer is right (greedy)
     eval/taught_accuracy    held-out questions on facts taught in SFT answered right (model.knowledge)
     eval/hallucination_rate never-taught questions answered with a made-up fact, not "I don't know"
     eval/refusal_rate       never-taught questions answered "I don't know"
@@ -236,7 +236,7 @@ def assistant_scores(model: Llama, tokenizer: Tokenizer, eval_set: dict) -> dict
     metrics: dict[str, float] = {}
     if eval_set.get("problems"):
         problems = [Problem(**p) for p in eval_set["problems"]]
-        metrics["eval/arithmetic_accuracy"] = accuracy(model, tokenizer, problems, eval_set.get("problem_tokens", 64))
+        metrics["eval/problem_accuracy"] = accuracy(model, tokenizer, problems, eval_set.get("problem_tokens", 64))
     if eval_set.get("facts"):
         scores = knowledge_scores(model, tokenizer, [Fact(**f) for f in eval_set["facts"]])
         metrics["eval/taught_accuracy"] = scores["taught_accuracy"]

@@ -314,6 +314,35 @@ def knowledge_scores(model: Llama, tokenizer: Tokenizer, facts: list[Fact], max_
             "taught": float(len(groups[True])), "untaught": float(len(groups[False]))}
 
 
+def preference_pairs(model: Llama, tokenizer: Tokenizer, facts: list[Fact], samples: int = 4,
+                     temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 24) -> list[dict]:
+    """DPO rows {"prompt", "chosen", "rejected"} from the model's own sampled replies to the facts'
+    questions, in every phrasing: chosen is what it should say (a taught fact's answer, REFUSAL for
+    a never-taught one), rejected each distinct sample that grades otherwise (a made-up fact, a
+    refused taught fact, a lucky guess at a never-taught one). Every phrasing of a taught fact also
+    gets (answer, REFUSAL), and the refusal pairs are cut to as many as the answer pairs: tuned on
+    refusals alone, the model learned to refuse what it was taught (taught accuracy 0.67 -> 0.06).
+    Deterministic: the samples come from `seed`, the cut keeps the first pairs in question order."""
+    asked = [(fact, question) for fact in facts for question in _phrasings(fact)]
+    replies = _replies(model, tokenizer, [q for _, q in asked] * samples, max_new_tokens, temperature, seed)
+    answers, refusals, seen = [], [], set()
+    for fact, question in asked:
+        if fact.taught:
+            seen.add((question, REFUSAL))
+            answers.append({"prompt": question, "chosen": _reply_text(fact.answer), "rejected": REFUSAL})
+    for i, reply_text in enumerate(replies):
+        fact, question = asked[i % len(asked)]
+        text, wanted = reply_text.strip(), "correct" if fact.taught else "refused"
+        if not text or grade(text, fact) == wanted or (question, text) in seen:
+            continue
+        seen.add((question, text))
+        if fact.taught:
+            answers.append({"prompt": question, "chosen": _reply_text(fact.answer), "rejected": text})
+        else:
+            refusals.append({"prompt": question, "chosen": REFUSAL, "rejected": text})
+    return answers + refusals[:len(answers)]
+
+
 # ---------------------------------------------------------------- command line
 
 def write_jsonl(path: str, rows: list[dict]) -> None:

@@ -17,7 +17,9 @@ prints one JSON metric line; SFT names them "sft/loss", "sft/lr", "sft/grad_norm
 "sft/tokens_per_s", DPO uses TRL's names ("train/loss", "train/rewards/chosen", ...,
 "train/logps/rejected", "train/lr", "train/grad_norm"). At step 0 (before any update), every
 eval_every steps and at the end: the held-out metrics ("sft/eval_loss" on held-out assistant
-tokens; "eval/loss", "eval/rewards/accuracies", ... for DPO), "val/loss" and "val/ppl" on the
+tokens; "eval/loss", "eval/rewards/accuracies", ... for DPO, and "eval/ref_chosen_preferred": the
+share of held-out pairs whose chosen side the reference already prefers, near 0.5 for pairs that
+are not trivially separable), "val/loss" and "val/ppl" on the
 pretraining val shards of the base's manifest (so one sees that tuning does not wreck the
 language model; skipped with a note when the base has no manifest), and, at step 0 and at the
 end, greedy replies to `sample_prompts` ("samples"), to compare before and after.
@@ -291,7 +293,13 @@ class _DPO:
             loss, metrics = self._loss(model, self.held, self.ref_held, chunk)
             for key, value in {"loss": loss.item(), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + value * len(chunk)
-        return {f"eval/{k}": v / len(indices) for k, v in sums.items()}
+        result = {f"eval/{k}": v / len(indices) for k, v in sums.items()}
+        if self.ref_held[0] is not None:
+            # the reference's own preference, fixed through training: near 0.5 when the pairs are not
+            # trivially separable to the model being tuned (at step 0 every reward is 0: a tie)
+            chosen, rejected = (side[:len(indices)] for side in self.ref_held)
+            result["eval/ref_chosen_preferred"] = float((chosen > rejected).float().mean())
+        return result
 
 
 # ---------------------------------------------------------------- the loop

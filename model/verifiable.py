@@ -1,16 +1,27 @@
-"""Problems whose final answer a program checks: built-in families (multi-digit arithmetic, short
-word problems) generated from a seed, your own families (a generator plus an optional checker) or
+"""Problems whose final answer a program checks: built-in families (what kind of thing a word
+names, multi-digit arithmetic, short word problems) generated from a seed, your own families (a generator plus an optional checker) or
 JSONL problems; the SFT warm-up rows that teach the answer format; greedy held-out accuracy.
 
     from model.verifiable import problems, reward, warmup_rows, accuracy, register_family
+    train = problems(["category"], 512, seed=0, split="train")      # "What kind of thing is a fox?"
     train = problems(["arithmetic", "word_problems"], 512, seed=0, split="train")
     held = problems(["arithmetic", "word_problems"], 64, seed=0, split="heldout")   # never in train
     reward(completion, train[0])                    # 1.1 right, 0.1 well-formed but wrong, 0 malformed
     rows = warmup_rows(["arithmetic"], 800, seed=0) # {"messages": [user, assistant]} for model.posttrain sft
     accuracy(model, tokenizer, held, max_new_tokens=64)
 
-Answer format: a worked solution, then ONE last line `Answer: <final answer>` (FINAL_MARK). The
-built-in families ask for a sum or difference of two two-digit numbers; their solutions work
+Answer format: a worked solution (none for `category`), then ONE last line `Answer: <final
+answer>` (FINAL_MARK).
+
+`category` is the pipeline's default, sized to what the demo's model (5M parameters, minutes of
+pretraining) can partly do: name the category (color, animal, fruit, instrument, vehicle) of one
+of 30 words. Its held-out problems are asked in phrasings that no training row uses. Tried and
+dropped for the demo (docs/experiments.md): tasks that need reading digits or picking a word
+out of the prompt (the largest of three numbers, parity, last digit, yes/no comparisons) stayed
+at chance after 200 SFT steps: that model cannot yet read a given position of its prompt.
+After 250 SFT steps it answers about 45% of the held-out problems, and GRPO adds about 10 points.
+
+The arithmetic families ask for a sum or difference of two two-digit numbers; their solutions work
 column by column, right to left, each column line `top op bottom op carry=result`:
 
     What is 47 + 38?            ones: 7+8+0=15          Compute 52 - 17.        ones: 12-7-0=5
@@ -35,7 +46,8 @@ reward() is 1 when right plus `format_reward` when well-formed (so 0, format_rew
 
 Splits: a problem is held out when the sha256 of its worked solution (its prompt when it has
 none) falls below HELDOUT_FRACTION, so train and held-out never share a problem, for any seed,
-and one computation asked in two wordings stays on one side.
+and one computation asked in two wordings stays on one side. A family with `split_by_phrasing`
+(category) makes each split itself, from disjoint phrasings, so no held-out prompt is ever trained on.
 """
 
 from __future__ import annotations
@@ -167,13 +179,47 @@ def word_problem(rng: random.Random) -> Problem:
     return Problem(prompt, str(a + b if op == "+" else a - b), column_solution(a, op, b), "word_problems")
 
 
+CATEGORIES = {"color": ("red", "blue", "green", "yellow", "black", "white"),
+              "animal": ("cat", "dog", "horse", "fox", "sheep", "duck"),
+              "fruit": ("apple", "pear", "plum", "grape", "lemon", "peach"),
+              "instrument": ("piano", "violin", "guitar", "drum", "flute", "harp"),
+              "vehicle": ("car", "bus", "truck", "train", "boat", "bike")}
+# (openers, cores) per split: held-out problems are asked only in phrasings no training row uses
+# (as model.identity does), about the same words; the word ends all but one phrasing.
+CATEGORY_PHRASINGS = {
+    "train": (("", "Quick question: ", "Hey, ", "I wonder: "),
+              ("What kind of thing is {a}{word}?", "What is {a}{word}?", "Which category does this belong to: {word}?",
+               "Tell me what {a}{word} is?", "What category is the word {word}?", "Is it a color, an animal, a fruit, "
+               "an instrument or a vehicle: {word}?")),
+    "heldout": (("", "Please tell me: ", "Hi! "),
+                ("What sort of thing is {a}{word}?", "Name the category of the word {word}?",
+                 "What type of thing is {a}{word}?", "Classify the word {word}?"))}
+
+
+def word_category(rng: random.Random, split: str) -> Problem:
+    """What kind of thing a word names (color, animal, fruit, instrument or vehicle), answered
+    directly ("What kind of thing is a fox?" -> "Answer: animal"), in the split's phrasings."""
+    kind = rng.choice(sorted(CATEGORIES))
+    word = rng.choice(CATEGORIES[kind])
+    openers, cores = CATEGORY_PHRASINGS[split]
+    article = "" if kind == "color" else "an " if word[0] in "aeiou" else "a "
+    core = rng.choice(cores).format(a=article, word=word)
+    opener = rng.choice(openers)
+    prompt = opener + (core[0].lower() + core[1:] if opener.endswith((", ", ": ")) else core)
+    return Problem(prompt, kind, f"{FINAL_MARK} {kind}", "category")
+
+
 @dataclass(frozen=True)
 class Family:
     generate: Callable[[random.Random], Problem]
     check: Callable[[str, Problem], bool] | None = None   # None: normalized final-answer equality
+    # True: generate(rng, split) makes a problem of that split itself (held-out problems asked in
+    # phrasings never used in training); False: problems are split by a hash (split_of)
+    split_by_phrasing: bool = False
 
 
-FAMILIES: dict[str, Family] = {"arithmetic": Family(arithmetic), "word_problems": Family(word_problem)}
+FAMILIES: dict[str, Family] = {"arithmetic": Family(arithmetic), "word_problems": Family(word_problem),
+                               "category": Family(word_category, split_by_phrasing=True)}
 
 
 def register_family(name: str, generate: Callable[[random.Random], Problem], check=None) -> None:
@@ -204,8 +250,9 @@ def problems(families: list[str], n: int, seed: int, split: str) -> list[Problem
     misses = 0
     while len(found) < n:
         family = families[len(found) % len(families)]
-        problem = FAMILIES[family].generate(rngs[family])
-        if split_of(problem) == split and problem.prompt not in seen:
+        maker = FAMILIES[family]
+        problem = maker.generate(rngs[family], split) if maker.split_by_phrasing else maker.generate(rngs[family])
+        if (maker.split_by_phrasing or split_of(problem) == split) and problem.prompt not in seen:
             seen.add(problem.prompt)
             found.append(problem)
             misses = 0

@@ -25,8 +25,9 @@ from model.chat_data import (
     reasons,
     sft_batches,
     sft_example,
+    text_rows,
 )
-from tasks.bpe import END_OF_TURN, SPECIAL_TOKENS, render_chat, train_tokenizer
+from tasks.bpe import END_OF_TURN, EOT, SPECIAL_TOKENS, render_chat, train_tokenizer
 from tests.conftest import shared
 
 torch.set_num_threads(1)
@@ -296,3 +297,26 @@ def test_warehouse_pairs_are_deterministic_and_parse():
     for row in rows:
         assert sft_example(row)[-1]["role"] == "assistant"
     assert pairs_from_warehouse_texts(texts, seed=1, limit=2) == rows[:2]
+
+
+def test_plain_text_rows_learn_every_token_and_pack_with_chat_rows(tokenizer, tmp_path):
+    text = TEXT.strip()
+    examples, bad = load_sft(write_jsonl(tmp_path / "mix.jsonl", [{"text": text}, {"messages": CHAT}, {"text": "  "}]))
+    assert len(examples) == 2 and [q["reason"] for q in bad] == ["empty-content"]
+    ids, mask = encode_sft(examples[0], tokenizer, max_len=512)
+    assert ids[0] == tokenizer.token_to_id(EOT) and not mask[0] and all(mask[1:])
+    assert tokenizer.decode(ids[1:]) == text and not set(ids[1:]) & set(range(N_SPECIAL))
+    cut = encode_sft(examples[0], tokenizer, max_len=10)
+    assert cut.truncated and len(cut.ids) == 10
+    encoded = [encode_sft(e, tokenizer, max_len=129) for e in examples]
+    x, y, learn = sft_batches(encoded, batch_size=4, seq_len=128, pack=True, seed=0, step=0)
+    assert learn.sum() > 0 and (y[learn] >= 0).all()
+
+
+def test_text_rows_cut_documents_into_pieces_in_order():
+    doc = "\n\n".join(f"Paragraph {i}. " + TEXT.strip() for i in range(8))
+    rows = text_rows([doc, ("A title", "Short one.")], chars=400)
+    pieces = [r["text"] for r in rows]
+    assert all(len(p) <= 400 for p in pieces) and pieces[-1] == "Short one."
+    assert " ".join(pieces[:-1]).split() == doc.split()            # nothing lost, nothing doubled
+    assert text_rows([doc], chars=400, limit=2) == rows[:2]

@@ -56,7 +56,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert "rl: tuned" in first.stdout and "rl/accuracy_heldout" in first.stdout
     assert "export" in first.stdout and "| gguf-q8_0 |" in first.stdout and "| torch-int8 |" in first.stdout
     assert "ollama create" in first.stdout
-    assert "eval: scored" in first.stdout and "eval/arithmetic_accuracy" in first.stdout
+    assert "eval: scored" in first.stdout and "eval/problem_accuracy" in first.stdout
     assert "registered as crawl2model version 1; promoted: no champion yet" in first.stdout
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     docs = con.execute("select count(*), count(distinct doc_id), min(url) from documents").fetchone()

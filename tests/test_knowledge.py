@@ -14,8 +14,8 @@ import pytest
 
 from model.chat_data import encode_sft
 from model.checkpoint import latest_checkpoint
-from model.knowledge import (REFUSAL, Fact, fact_rows, facts, grade, is_refusal, knowledge_scores, load_facts, probe,
-                             refusal_rows)
+from model.knowledge import (REFUSAL, Fact, fact_rows, facts, grade, is_refusal, knowledge_scores, load_facts,
+                             preference_pairs, probe, refusal_rows)
 from model.posttrain import PosttrainConfig, run_sft
 from model.sampling import load_model
 from tests.test_posttrain import FAST, one_thread, questions, sft, world, write_jsonl  # noqa: F401 (fixtures)
@@ -126,6 +126,30 @@ def test_probe_keeps_right_answers_and_turns_wrong_ones_into_refusals(world, sft
     assert after["untaught_refusal_rate"] >= 5 / 6 and after["untaught_made_up_rate"] <= 1 / 6
     assert after["taught_accuracy"] >= 5 / 6
     assert knowledge_scores(model, tokenizer, right[:2] + wrong[:2])["taught"] == 0  # probe-split facts: ignored
+
+
+def test_preference_pairs_prefer_the_taught_answer_or_a_refusal_over_the_models_own_wrong_replies(world, sft):
+    """The SFT model says "... forty two." to everything: right for a taught fact answered "forty
+    two" (its only pair: the answer over a refusal), a made-up answer to a taught "seven" (chosen:
+    "Seven.", rejected: its reply, and a refusal) and to a never-taught question (chosen: "I don't
+    know.", rejected: its reply, sampled); refusal pairs never outnumber answer pairs."""
+    model, _ = load_model(latest_checkpoint(sft["out"]))
+    right = Fact("", questions()[0], "forty two", "", True, "probe")
+    taught_wrong = Fact("", questions()[1], "seven", "", True, "probe")
+    never_taught = [Fact("", q, "forty two", "", False, "probe") for q in questions()[2:12]]
+    every = [right, taught_wrong, *never_taught]
+    pairs = preference_pairs(model, world["tokenizer"], every, samples=3, seed=0)
+    assert pairs == preference_pairs(model, world["tokenizer"], every, samples=3, seed=0)
+    by_prompt = lambda q: [(p["chosen"], p["rejected"]) for p in pairs if p["prompt"] == q]  # noqa: E731
+    assert by_prompt(right.question) == [("Forty two.", REFUSAL)]
+    wrong = by_prompt(taught_wrong.question)
+    assert wrong[0] == ("Seven.", REFUSAL) and len(wrong) > 1
+    assert all(chosen == "Seven." and grade(rejected, taught_wrong) != "correct" for chosen, rejected in wrong[1:])
+    refusals = [p for p in pairs if p["chosen"] == REFUSAL]
+    assert refusals and not any(is_refusal(p["rejected"]) for p in refusals)
+    assert {p["prompt"] for p in refusals} <= {f.question for f in never_taught}
+    assert len(refusals) == len(pairs) - len(refusals)                        # cut to the answer pairs' count
+    assert len({(p["prompt"], p["rejected"]) for p in pairs}) == len(pairs)   # each distinct reply once
 
 
 def test_the_refusal_pass_rows_leave_the_probed_facts_to_the_probe():

@@ -33,7 +33,7 @@ def test_the_card_says_what_data_what_each_stage_taught_and_how_to_use_it():
     assert row(card, "eval/val_bpb").startswith("| pretrain |") and row(card, "eval/val_bpb").endswith("| 1.873 |")
     assert row(card, "audit/canary_leaks").endswith("| 0 |")
     assert row(card, "eval/brand_new") == "| eval |  | `eval/brand_new` | 0.1235 |"  # unknown keys are shown too
-    for missing in ("eval/taught_accuracy", "eval/refusal_rate", "eval/arithmetic_accuracy", "eval/reward_accuracy"):
+    for missing in ("eval/taught_accuracy", "eval/refusal_rate", "eval/problem_accuracy", "eval/reward_accuracy"):
         assert missing not in card
     stages = card[card.index("## What each stage taught"):card.index("## Limits")]
     assert stages.index("eval/val_bpb") < stages.index("eval/identity_rate") < stages.index("audit/canary_leaks")

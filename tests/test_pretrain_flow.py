@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 
 from crawl2model.config import load_config
+from flows.assistant_data import knowledge_facts
 from flows.export import run_export
 from flows.pipeline import run_pipeline
 from flows.posttrain import SELF_PLAY_SHARE, run_dpo, run_sft
 from flows.pretrain import run_pretrain
 from flows.rl import run_rl
 from model import llamacpp
+from model.knowledge import REFUSAL, _reply_text
 from model.sampling import generate_text, newest_checkpoint
 from tasks.token_shards import is_val
 from tests.conftest import query
@@ -39,8 +42,8 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
                                  "pretrain.micro_batch=8", "pretrain.warmup_steps=2",
                                  "sft.max_steps=4", "sft.eval_every=2", "sft.micro_batch=4", "sft.eval_batches=2",
                                  "sft.max_examples=48", "sft.sample_prompts=[Hello]", "dpo.sample_prompts=[Hello]", "dpo.max_steps=3",
-                                 "dpo.micro_batch=2", "dpo.eval_batches=2", "dpo.self_play_pairs=12",
-                                 "dpo.self_play_tokens=8",
+                                 "dpo.micro_batch=2", "dpo.eval_batches=2", "dpo.pair_samples=2",
+                                 "sft.text_rows=24",
                                  "export.gguf_quants=[f16,q8_0]", "export.torch_quants=[int8]",
                                  "export.eval_windows=4", "export.gen_tokens=8", "eval.val_windows=4",
                                  "audit.canaries=3", "audit.regurgitation_prompts=4",
@@ -71,10 +74,10 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
     for key in ("train_task-", "build_task-", "measure_task-"):
         assert [r.state_type.value for r in task_runs if r.task_key.startswith(key)] == ["COMPLETED"], key
     tuning = sorted(r.name.rsplit("-", 1)[0] for r in task_runs if r.task_key.split("-")[0] in (
-        "_train", "corpus_sft_data", "self_play_data", "assistant_data", "refusal_data", "grpo")
+        "_train", "corpus_sft_data", "knowledge_pair_data", "assistant_data", "refusal_data", "grpo")
         and r.state_type.value == "COMPLETED")
     # tuning ran as Prefect tasks too; sft and its assistant rows twice (again for the "I don't know" pass)
-    assert tuning == ["assistant-data", "assistant-data", "dpo", "grpo", "idk-probe", "self-play", "sft", "sft",
+    assert tuning == ["assistant-data", "assistant-data", "dpo", "grpo", "idk-probe", "knowledge-pairs", "sft", "sft",
                       "sft-data"]
 
     assert run_pretrain(cfg).no_op
@@ -151,12 +154,20 @@ def check_tuning(cfg, result, client, data_root):
     assert len(sft_rows) + len(assistant.read_text().splitlines()) == sft.counts["rows"]
     assert len(dpo_rows) == dpo.counts["rows"]
     sft_side = [t for d, t in docs if not is_val(d, 0.1) and not is_val(f"{d}:self-play", SELF_PLAY_SHARE)]
-    # every response comes from an SFT-side document (near-duplicate pages share a sentence now and then)
-    assert all(any(r["response"][:60] in t for t in sft_side) for r in sft_rows)
-    assert sum(any(r["response"][:60] in t for t in val + self_play) for r in sft_rows) <= len(sft_rows) // 10
-    passages = [r["prompt"].split("\n", 1)[1][:60] for r in dpo_rows]
-    assert all(any(p in t for t in self_play) for p in passages)
-    assert all(r["chosen"] != r["rejected"] for r in dpo_rows)
+    # chat pairs, then plain-text rows; every response and text comes from an SFT-side document
+    # (near-duplicate pages share a sentence now and then)
+    pairs, texts = [r for r in sft_rows if "response" in r], [r["text"] for r in sft_rows if "text" in r]
+    assert 0 < len(pairs) <= cfg.sft.max_examples and 0 < len(texts) <= cfg.sft.text_rows
+    pieces = [r["response"][:60] for r in pairs] + [t[:60] for t in texts]
+    assert all(any(p in t for t in sft_side) for p in pieces)
+    assert sum(any(p in t for t in val + self_play) for p in pieces) <= len(pieces) // 10
+    # DPO pairs: the SFT model's own replies to probe-split fact questions (any phrasing), never an
+    # eval-split one; chosen is the taught answer or "I don't know."
+    facts = {f.entity: f for f in knowledge_facts(cfg)}
+    for r in dpo_rows:
+        [fact] = [f for name, f in facts.items() if re.search(rf"\b{name}\b", r["prompt"])]
+        assert fact.split == "probe" and r["chosen"] == (_reply_text(fact.answer) if fact.taught else REFUSAL)
+        assert r["chosen"] != r["rejected"]
     assert run_sft(cfg, sft.base).no_op and run_dpo(cfg, dpo.base).no_op
 
 
@@ -179,7 +190,7 @@ def check_eval(result, client):
     """The eval stage scored the tuned model; the planted canaries were curated, scrubbed, and probed."""
     metrics = result.eval.metrics
     assert result.eval.checkpoint == result.rl.checkpoint and 0 < metrics["eval/val_bpb"] < 20
-    for key in ("eval/arithmetic_accuracy", "eval/taught_accuracy", "eval/hallucination_rate", "eval/identity_rate"):
+    for key in ("eval/problem_accuracy", "eval/taught_accuracy", "eval/hallucination_rate", "eval/identity_rate"):
         assert 0 <= metrics[key] <= 1, key
     assert 0 <= metrics["eval/reward_accuracy"] <= 1 and 0 <= metrics["audit/regurgitation_rate"] <= 1
     assert metrics["audit/canaries_in_warehouse"] == 0 and metrics["audit/canary_leaks"] == 0

@@ -72,11 +72,11 @@ def test_gate_follows_the_configured_rules():
     assert not passes_gate(better, {"eval/val_bpb": 2.0, "eval/reward_accuracy": 1.2}, cfg)[0]  # reward accuracy fell
     assert not passes_gate(better, better, cfg)[0]  # equal everywhere: not better on anything
     # A rule the user configures: arithmetic must improve by more than 5 points.
-    strict = load_config(overrides=['registry.gate=[{"metric": "eval/arithmetic_accuracy", "better": "higher", '
+    strict = load_config(overrides=['registry.gate=[{"metric": "eval/problem_accuracy", "better": "higher", '
                                     '"min_gain": 0.05}]'])
-    champion = {"eval/arithmetic_accuracy": 0.30}
-    assert not passes_gate({"eval/arithmetic_accuracy": 0.33}, champion, strict)[0]
-    assert passes_gate({"eval/arithmetic_accuracy": 0.40}, champion, strict)[0]
+    champion = {"eval/problem_accuracy": 0.30}
+    assert not passes_gate({"eval/problem_accuracy": 0.33}, champion, strict)[0]
+    assert passes_gate({"eval/problem_accuracy": 0.40}, champion, strict)[0]
     # Lower-is-better with a tolerance: a hallucination rate may rise by 0.05, not more.
     assert passes_gate({"eval/val_bpb": 1.9, "eval/hallucination_rate": 0.24}, {"eval/val_bpb": 2.0,
                        "eval/hallucination_rate": 0.20}, cfg)[0]
@@ -119,7 +119,7 @@ def test_register_and_promote_against_a_real_mlflow_server(tuned, data_root, pre
     card = version.description  # the model card: this run's numbers, limits, how to load it
     assert f"| `eval/val_bpb` | {good_eval.metrics['eval/val_bpb']:,.4g} |" in card
     assert f"| `eval/reward_accuracy` | {good_eval.metrics['eval/reward_accuracy']:,.4g} |" in card
-    assert "`eval/identity_rate`" not in card and "`eval/arithmetic_accuracy`" not in card  # not measured here
+    assert "`eval/identity_rate`" not in card and "`eval/problem_accuracy`" not in card  # not measured here
     assert "then SFT, then DPO" in card and "answer as Crawly" in card and "I don't know" in card
     assert 'mlflow.pyfunc.load_model("models:/c2m-test/2")' in card and "crawl2model chat --alias champion" in card
     assert "models --name c2m-test generate" in card and "At registration: promoted (alias `champion`" in card

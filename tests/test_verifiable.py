@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from model.verifiable import (FAMILIES, FINAL_MARK, Problem, check, column_solution, final_answer, load_problems,
-                              problems, register_family, reward, split_of, warmup_rows)
+from model.verifiable import (CATEGORIES, CATEGORY_PHRASINGS, FAMILIES, FINAL_MARK, Problem, check, column_solution,
+                              final_answer, load_problems, problems, register_family, reward, split_of, warmup_rows)
 
 SUM = Problem("What is 47 + 38?", "85", column_solution(47, "+", 38), "arithmetic")
 
@@ -86,6 +86,35 @@ def test_generators_are_reproducible_and_splits_never_overlap():
         assert {split_of(p) for p in held} == {"heldout"}
     with pytest.raises(ValueError, match="unknown task families"):
         problems(["calculus"], 1, 0, "train")
+
+
+def _phrasing(prompt: str, split: str) -> bool:
+    """Whether the prompt is one of the split's (opener, core) phrasings of some word."""
+    openers, cores = CATEGORY_PHRASINGS[split]
+    words = [w for ws in CATEGORIES.values() for w in ws]
+    asked = set()
+    for opener in openers:
+        for core in cores:
+            for word in words:
+                article = "" if word in CATEGORIES["color"] else "an " if word[0] in "aeiou" else "a "
+                text = core.format(a=article, word=word)
+                asked.add(opener + (text[0].lower() + text[1:] if opener.endswith((", ", ": ")) else text))
+    return prompt in asked
+
+
+def test_category_problems_are_right_and_held_out_ones_use_phrasings_never_trained_on():
+    train, held = problems(["category"], 600, 0, "train"), problems(["category"], 256, 7, "heldout")
+    kind_of = {w: kind for kind, words in CATEGORIES.items() for w in words}
+    assert len(set(kind_of)) == sum(map(len, CATEGORIES.values()))    # no word in two categories
+    for p in train[:50] + held[:50]:
+        word = max((w for w in kind_of if re.search(rf"\b{w}\b", p.prompt)), key=len)
+        assert p.answer == kind_of[word] and check(p.solution, p) and p.solution == f"{FINAL_MARK} {p.answer}"
+        assert not check(f"{FINAL_MARK} {'fruit' if p.answer != 'fruit' else 'color'}", p)
+    assert all(_phrasing(p.prompt, "train") and not _phrasing(p.prompt, "heldout") for p in train)
+    assert all(_phrasing(p.prompt, "heldout") and not _phrasing(p.prompt, "train") for p in held)
+    rows = warmup_rows(["category"], 300, seed=0)
+    assert not {r["messages"][0]["content"] for r in rows} & {p.prompt for p in problems(["category"], 300, 3, "heldout")}
+    assert {p.answer for p in held} == set(CATEGORIES)
 
 
 def test_a_user_family_with_its_own_checker():
