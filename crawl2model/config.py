@@ -295,15 +295,16 @@ class SftConfig(TuneConfig):
     """Supervised fine-tuning (flows/posttrain.py): loss on assistant tokens only (every token of
     plain-text rows). The defaults teach the demo's model its name, the taught facts and the answer
     format of rl.families in ~3.5 minutes on 2 cores (README: what the default run teaches)."""
-    max_steps: int = Field(250, ge=1)
+    max_steps: int = Field(280, ge=1)
+    micro_batch: int = Field(6, ge=1, description="packed rows (of the base's context) per step")
     lr: float | None = Field(3e-3, gt=0, description="the pretraining peak: short facts and names need it; "
                              "the corpus text rows keep val/ppl from rising")
     warmup_steps: int = Field(10, ge=0)
     pack: bool = Field(True, description="several examples per row (most rows are a few dozen tokens)")
-    eval_every: int = Field(50, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    max_examples: int = Field(150, ge=1, description="corpus-made chat pairs, at most (when no data is given)")
-    text_rows: int = Field(600, ge=0, description="plain-text pieces of the corpus (~1,000 characters each, every "
+    eval_every: int = Field(140, ge=1)
+    checkpoint_every: int = Field(140, ge=1)
+    max_examples: int = Field(50, ge=1, description="corpus-made chat pairs, at most (when no data is given)")
+    text_rows: int = Field(700, ge=0, description="plain-text pieces of the corpus (~1,000 characters each, every "
                            "token learned) mixed in when no data is given: they keep val/ppl from rising")
 
 
@@ -361,12 +362,12 @@ class KnowledgeConfig(Section):
     facts: int = Field(120, ge=0, description="synthetic facts about fictional entities; 0 = off")
     data: Path | None = Field(None, description='your QA JSONL {"question", "answer", "taught"?} instead of synthetic facts')
     taught_share: float = Field(0.3, ge=0, le=1, description="share of the facts taught in SFT (the rest are never taught)")
-    fact_repeats: int = Field(100, ge=1, description="times each taught fact is asked in the SFT rows")
+    fact_repeats: int = Field(150, ge=1, description="times each taught fact is asked in the SFT rows")
     seed: int = 0
     probe_samples: int = Field(4, ge=1, description="sampled answers per probe question")
     probe_temperature: float = Field(0.7, gt=0)
     refusal_repeats: int = Field(20, ge=1, description="times each probed question is asked in the second pass's rows")
-    second_pass_steps: int = Field(60, ge=0, description="SFT steps on the data plus the refusals; 0 = no probe")
+    second_pass_steps: int = Field(40, ge=0, description="SFT steps on the data plus the refusals; 0 = no probe")
     second_pass_lr: float | None = Field(1e-3, gt=0, description="None: the first pass's learning rate")
 
 
@@ -390,6 +391,9 @@ class RlConfig(Section):
     clip_eps: float = Field(0.2, gt=0)
     kl_beta: float = Field(0.0, ge=0, description="KL penalty to the DPO model; 0 holds no reference copy")
     format_reward: float = Field(0.1, ge=0)
+    replay_rows: int = Field(4, ge=0, description="packed rows of the SFT model's data replayed each GRPO step "
+                             "(PPO-ptx), so what RL does not reward is not worn down; 0 = off")
+    replay_coef: float = Field(1.0, ge=0, description="weight of the replayed rows' loss")
     heldout_problems: int = Field(256, ge=1, description="held-out problems scored during training")
     eval_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(10, ge=1)

@@ -475,7 +475,7 @@ def rl(
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (rl.*)."),
     base: Optional[Path] = typer.Option(None, help="Checkpoint to tune (default: the newest DPO checkpoint)."),
     data: Optional[Path] = typer.Option(None, help='JSONL of {"prompt", "answer"} problems (default: the built-in '
-                                                   "arithmetic and word problems)."),
+                                                   "families of rl.families)."),
 ) -> None:
     """RL on verifiable rewards: GRPO on problems whose final answer a program checks; held-out accuracy."""
     _tune(ctx, "rl", overrides or [], base, data)
@@ -488,7 +488,7 @@ def eval_command(
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint to score (default: the newest tuned one)."),
     alias: Optional[str] = typer.Option(None, help="Score a registered version instead, by alias (e.g. champion)."),
 ) -> None:
-    """The eval suite alone: held-out bits/byte, arithmetic, facts and "I don't know", identity, audits."""
+    """The eval suite alone: held-out bits/byte, verifiable problems, facts and "I don't know", identity, audits."""
     if checkpoint is not None and not (checkpoint / "meta.json").exists():
         fail(f"--checkpoint {checkpoint} is not a checkpoint folder (no meta.json)")
     cfg = _config(ctx, overrides or [])

@@ -6,14 +6,20 @@ from the DPO model; the tuned model goes on to eval, export and register.
     from flows.rl import run_rl                      # environment prepared first
     summary = run_rl(cfg)                            # base: the newest DPO checkpoint
 
-Problems: `rl.families` (built in: arithmetic, word problems; train and held-out split by a hash
-of each problem, so never overlapping) or `rl.data` (JSONL {"prompt", "answer"}, a hashed share
+Problems: `rl.families` (built in: category, the default, whose held-out problems are asked in
+phrasings never trained on; arithmetic and word problems, split by a hash of each problem: never
+overlapping) or `rl.data` (JSONL {"prompt", "answer"}, a hashed share
 held out; flows.assistant_data). Checkpoints go to `checkpoints/rl-<id>/step-NNNNNN/` (id: the
 base, the settings and the problems), `summary.json` last: a finished stage is a no-op on
 re-run, a killed one resumes. MLflow nested run `rl`: `rl/reward_mean`, `rl/reward_std`, `rl/kl`,
 `rl/completion_length`, `rl/clip_ratio` per step, `rl/accuracy_heldout` at step 0, every
 `rl.eval_every` steps and at the end; its curve as `rl/accuracy_heldout.png`; replies to the
 sample prompts before and after as `rl/samples.md`. `rl.max_steps=0` skips the stage.
+
+Each GRPO step also replays `rl.replay_rows` packed rows of the SFT data of the base's lineage
+(the files its SFT model was tuned on) at `rl.replay_coef` (model.grpo: PPO-ptx): measured on the
+demo's model, GRPO alone lifted the category problems 30% -> 43% and dropped its identity rate
+0.98 -> 0.35 and its "I don't know" with it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
 from flows.assistant_data import USER_PROBLEMS_HELD_OUT, problem_split
+from flows.evaluate import lineage
 from flows.posttrain import MetricStream, TuneSummary, _write_jsonl, newest_of_stage, samples_table
 from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
@@ -53,12 +60,19 @@ def accuracy_curve(history: list[dict]):
     return fig
 
 
+def sft_data_of(checkpoint: Path) -> list[str]:
+    """The data files the SFT model in `checkpoint`'s lineage was tuned on (its last pass); [] when none."""
+    sft = lineage(checkpoint).get("sft")
+    data = json.loads((sft / "meta.json").read_text()).get("posttrain", {}).get("data", []) if sft else []
+    return [str(f) for f in ([data] if isinstance(data, str) else data) if Path(f).is_file()]
+
+
 def rl_settings(cfg: Config, base: Path, out: Path):
     from model.grpo import RlConfig
 
     values = cfg.rl.model_dump(mode="json", exclude={"warmup_rows"})
     samples = [p.prompt for p in problem_split(cfg, "heldout", 2)]  # replies before and after, side by side
-    return RlConfig.from_dict({**values, "base": str(base), "out": str(out),
+    return RlConfig.from_dict({**values, "base": str(base), "out": str(out), "replay_data": sft_data_of(base),
                                "data": str(cfg.rl.data) if cfg.rl.data else None,
                                "held_out_fraction": USER_PROBLEMS_HELD_OUT, "sample_prompts": samples})
 

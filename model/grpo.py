@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from model.chat_data import chat_prompt_ids, reasons
+from model.chat_data import BadRow, chat_prompt_ids, encode_sft, load_sft, reasons, sft_batches
 from model.checkpoint import CheckpointError, latest_checkpoint
 from model.config import from_known_fields
 from model.generate import generate
@@ -140,14 +140,14 @@ def collate(prompts: list[list[int]], replies: list[list[int]], pad_id: int = 0)
 class RlConfig:
     base: str                            # checkpoint to tune (the SFT or DPO model)
     out: str                             # folder for step-NNNNNN checkpoints
-    # model.verifiable.FAMILIES; arithmetic only, as the pipeline's rl.families and its SFT warm-up rows
-    families: list = field(default_factory=lambda: ["arithmetic"])
+    # model.verifiable.FAMILIES; category, as the pipeline's rl.families and its SFT warm-up rows
+    families: list = field(default_factory=lambda: ["category"])
     data: str | None = None              # JSONL {"prompt", "answer"} problems instead of the families
     held_out_fraction: float = 0.2       # of the data's problems, by a hash of the prompt
     max_steps: int = 30
     prompts_per_step: int = 8
     group_size: int = 8                  # replies sampled per prompt
-    max_new_tokens: int = 48
+    max_new_tokens: int = 16             # the worked arithmetic solutions need 48
     temperature: float = 0.6            # below 1: replies closer to the greedy one, more of them right
     top_k: int | None = None
     lr: float = 1e-5                     # 3e-5 and more shook the greedy answers of a small SFT model
@@ -163,6 +163,12 @@ class RlConfig:
     kl_beta: float = 0.0                 # 0: no reference model is held
     iterations: int = 1                  # updates per batch of replies (PPO epochs, TRL's num_iterations)
     micro_batch: int = 32                # replies per forward/backward
+    # SFT rows replayed each step (InstructGPT's PPO-ptx, with the SFT data): their next-token loss
+    # times replay_coef joins the GRPO loss, so what RL does not reward (the assistant's name,
+    # "I don't know", text) is not worn down by it. 0 rows or no replay_data: off
+    replay_data: list = field(default_factory=list)
+    replay_rows: int = 4                 # packed rows of the model's context per step
+    replay_coef: float = 1.0
     format_reward: float = 0.1
     heldout_problems: int = 64
     eval_every: int = 10
@@ -232,6 +238,11 @@ def run_rl(cfg: RlConfig, log=None) -> dict:
     if not train or not held:
         raise ValueError(f"rl needs train and held-out problems; got {len(train)} and {len(held)}")
 
+    replay = None
+    if cfg.replay_data and cfg.replay_rows:
+        rows = replay_rows(cfg.replay_data, tokenizer, model.config.max_seq_len)
+        replay = lambda step: sft_batches(rows, cfg.replay_rows, model.config.max_seq_len, True, cfg.seed, step)[:2]  # noqa: E731
+        emit({"event": "replay", "files": len(cfg.replay_data), "examples": len(rows)})
     model.to(device).train()
     reference = None
     if cfg.kl_beta > 0:  # the base as it is now, before a resume loads tuned weights
@@ -278,7 +289,8 @@ def run_rl(cfg: RlConfig, log=None) -> dict:
         problem_of = [p for p in batch for _ in range(group)]
         rewards = torch.tensor([reward(t, p, cfg.format_reward) for t, p in zip(texts, problem_of)])
         advantages = group_advantages(rewards.view(-1, group)).flatten()
-        metrics = _update(model, reference, optimizer, cfg, prompt_ids, replies, advantages, device)
+        metrics = _update(model, reference, optimizer, cfg, prompt_ids, replies, advantages, device,
+                          replay and (lambda: replay(step)))
         done = step + 1
         metrics = {"step": done, "rl/reward_mean": float(rewards.mean()),
                    "rl/reward_std": float(rewards.view(-1, group).std(1).mean()), **metrics,
@@ -295,8 +307,20 @@ def run_rl(cfg: RlConfig, log=None) -> dict:
     return metrics
 
 
+def replay_rows(files: list, tokenizer: Tokenizer, seq_len: int) -> list:
+    """The encoded SFT examples of the files (rows that cannot be used are skipped: SFT counted them)."""
+    encoded = []
+    for path in files:
+        for messages in load_sft(path)[0]:
+            try:
+                encoded.append(encode_sft(messages, tokenizer, max_len=seq_len + 1))
+            except BadRow:
+                continue
+    return encoded
+
+
 def _update(model, reference, optimizer, cfg: RlConfig, prompt_ids: list, replies: list, advantages: torch.Tensor,
-            device) -> dict:
+            device, replay=None) -> dict:
     """cfg.iterations optimizer steps on one batch of replies, micro-batch by micro-batch; the
     metrics of the last iteration ("rl/loss", "rl/grad_norm", "rl/clip_ratio", "rl/kl").
 
@@ -327,6 +351,11 @@ def _update(model, reference, optimizer, cfg: RlConfig, prompt_ids: list, replie
             (loss * share).backward()
             for key, value in {"loss": loss.item(), **values}.items():
                 sums[f"rl/{key}"] = sums.get(f"rl/{key}", 0.0) + value * share
+        if replay is not None:  # the SFT rows' loss, in the same step
+            x, y = replay()
+            _, replay_loss = model(x.to(device), y.to(device))
+            (cfg.replay_coef * replay_loss).backward()
+            sums["rl/replay_loss"] = replay_loss.item()
         sums["rl/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

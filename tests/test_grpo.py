@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from model.checkpoint import latest_checkpoint
-from model.grpo import RlConfig, collate, group_advantages, grpo_loss, run_rl
+from model.chat_data import sft_batches
+from model.grpo import RlConfig, collate, group_advantages, grpo_loss, replay_rows, run_rl
 from model.hf import tokenizer_folder
 from model.posttrain import reply
 from model.sampling import load_model
@@ -180,3 +181,27 @@ def test_resume_after_a_kill_gives_the_same_result(world, tmp_path):
     assert [[m[k] for k in keys] for m in after] == [[m[k] for k in keys] for m in straight if m.get("step", 0) > 2]
     a, b = (load_file(str(tmp_path / run / "step-000005/model.safetensors")) for run in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_replaying_sft_rows_trains_them_alongside_the_reward(world, tmp_path):
+    """GRPO with the SFT rows replayed in each step (PPO-ptx): the reward still rises, the rows'
+    loss is logged every step and ends far below where GRPO alone leaves it."""
+    model, _ = load_model(world["base"])
+    rows = replay_rows([str(world["sft_data"])], world["tokenizer"], model.config.max_seq_len)
+    x, y, _ = sft_batches(rows, 16, model.config.max_seq_len, True, seed=5, step=0)
+
+    def sft_loss(out) -> float:
+        tuned, _ = load_model(latest_checkpoint(out))
+        with torch.no_grad():
+            return tuned(x, y)[1].item()
+
+    settings = {"max_steps": 12, "lr": 2e-2, "eval_every": 12, "checkpoint_every": 12}
+    alone = rl(world, tmp_path / "alone", **settings)
+    lines: list[dict] = []
+    replayed = rl(world, tmp_path / "replayed", lines.append, **settings, replay_data=[str(world["sft_data"])],
+                  replay_rows=4)
+    assert next(m for m in lines if m.get("event") == "replay")["examples"] == len(rows) > 0
+    losses = [m["rl/replay_loss"] for m in lines if m.get("step", 0) > 0]
+    assert len(losses) == 12 and losses[-1] < losses[0] / 2
+    assert sft_loss(tmp_path / "replayed") < sft_loss(tmp_path / "alone") / 2
+    assert replayed["rl/accuracy_heldout"] >= alone["rl/accuracy_heldout"] - 0.25 and "rl/replay_loss" not in alone
