@@ -19,7 +19,8 @@ of 30 words. Its held-out problems are asked in phrasings that no training row u
 dropped for the demo (docs/experiments.md): tasks that need reading digits or picking a word
 out of the prompt (the largest of three numbers, parity, last digit, yes/no comparisons) stayed
 at chance after 200 SFT steps: that model cannot yet read a given position of its prompt.
-After 250 SFT steps it answers about 45% of the held-out problems, and GRPO adds about 10 points.
+The default run's SFT and DPO models answer 20-75% of the held-out problems (it varies with the
+SFT recipe), and GRPO adds 11-17 points (BENCHMARKS.md).
 
 The arithmetic families ask for a sum or difference of two two-digit numbers; their solutions work
 column by column, right to left, each column line `top op bottom op carry=result`:

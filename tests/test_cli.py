@@ -91,7 +91,7 @@ def test_run_on_the_bundled_sample_then_rerun_is_a_no_op(tmp_path, prefect_serve
     assert exported.returncode == 0, exported.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in exported.stdout.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["torch-fp32", "torch-int4", "gguf-q4_0"], exported.stdout  # rows[0] is the header
-    trained = next((root / "checkpoints").glob("*/step-000004"))
+    trained = next((root / "checkpoints").glob("rl-*/step-000002"))  # the tuned model: what `run` exported
     imported = c2m("import-hf", str(next((root / "exports").glob("*/hf"))), root=root)  # the export, back in
     assert imported.returncode == 0 and "imported" in imported.stdout, imported.stderr[-2000:]
     greedy = ("generate", "The ", "--max-new-tokens", "5", "--temperature", "0", "--checkpoint")

@@ -16,6 +16,7 @@ from model.config import ModelConfig
 from model.evaluation import EOT_ID, degeneracy, distinct_n, repetition_rate, replies, suite
 from model.llama import Llama
 from tasks.bpe import END_OF_TURN, plain_text_encoder, save_tokenizer, train_tokenizer
+from tests.test_posttrain import one_thread  # noqa: F401 - autouse fixture: one torch thread
 
 ANSWER = "It is a small site about old harbour towns."
 CONTINUATION = " Nobody knows why the gulls came back."
@@ -23,14 +24,6 @@ LOOP = "0=" * 40  # the collapse the issue saw: "I-0=0=0=0=..."
 ANSWERED = ["What is this website about?", "Explain what a function is."]
 LOOPING = "Tell me a story."
 PROMPTS = [*ANSWERED, LOOPING]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a busy 2-core machine: extra threads only spin
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_distinct_2_and_repetition_rate_follow_their_definitions():
