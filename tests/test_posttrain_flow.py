@@ -17,7 +17,8 @@ from tests.conftest import shared
 from tests.test_posttrain import ANSWER, questions, world, write_jsonl  # noqa: F401  (world: a fixture)
 
 pytestmark = pytest.mark.slow
-FAST = ["sft.micro_batch=4", "sft.eval_batches=2", "sft.eval_every=2", "sft.checkpoint_every=2", "sft.max_steps=4",
+# pack=false, warmup_steps=5: the settings of the LoRA and resume checks below (the defaults pack and warm up 10 steps)
+FAST = ["sft.micro_batch=4", "sft.pack=false", "sft.warmup_steps=5", "sft.eval_batches=2", "sft.eval_every=2", "sft.checkpoint_every=2", "sft.max_steps=4",
         'sft.sample_prompts=["Tell me something about cats?"]', "dpo.micro_batch=4", "dpo.eval_batches=2",
         "dpo.max_steps=2", "dpo.sample_prompts=[]",
         # the user's data alone: no answer-format, fact or identity rows, no "I don't know" pass
