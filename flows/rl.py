@@ -62,9 +62,11 @@ def accuracy_curve(history: list[dict]):
 
 def sft_data_of(checkpoint: Path) -> list[str]:
     """The data files the SFT model in `checkpoint`'s lineage was tuned on (its last pass); [] when none."""
+    from model.posttrain import data_files  # deferred: torch
+
     sft = lineage(checkpoint).get("sft")
     data = json.loads((sft / "meta.json").read_text()).get("posttrain", {}).get("data", []) if sft else []
-    return [str(f) for f in ([data] if isinstance(data, str) else data) if Path(f).is_file()]
+    return [f for f in data_files(data) if Path(f).is_file()]
 
 
 def rl_settings(cfg: Config, base: Path, out: Path):
