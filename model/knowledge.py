@@ -23,9 +23,9 @@ Grading a reply (`grade`), in this order:
              punctuation ignored: "Red." and "The flag is red" both answer "red");
   "made_up"  anything else: a wrong answer, or words that answer nothing, stated as if known.
 
-Probe: `samples` replies per question at `temperature`; a question is known when more than
-KNOWN_SHARE of them are right. Wrong or inconsistent answers (right only some of the time) get the
-refusal. The chosen rule and the sizes were measured on the `small` preset (README of the task in
+Probe: `samples` replies per question at `temperature` and the greedy one; a question is known
+when the greedy reply is right or more than KNOWN_SHARE of the samples are. The others (wrong, or
+right only by chance) get the refusal. The chosen rule and the sizes were measured on the `small` preset (README of the task in
 the report): the made-up rate on never-taught eval questions fell by more than half while taught
 accuracy held.
 """
@@ -273,21 +273,28 @@ def _replies(model: Llama, tokenizer: Tokenizer, questions: list[str], max_new_t
 
 def probe(model: Llama, tokenizer: Tokenizer, facts: list[Fact], samples: int = 4, temperature: float = 0.7,
           seed: int = 0, max_new_tokens: int = 24) -> list[dict]:
-    """Per fact: {"question", "answer", "correct_share", "consistent", "known", "grades"}.
+    """Per fact: {"question", "answer", "correct_share", "consistent", "greedy", "known", "grades"}.
     `samples` replies each, sampled at `temperature` (all samples of all facts in one list, so
-    a chunk mixes questions); consistent: every sample got the same grade; known: correct_share >
-    KNOWN_SHARE (right more often than not)."""
+    a chunk mixes questions), and the greedy reply (what a user gets); consistent: every sample got
+    the same grade; known: the greedy reply is right or correct_share > KNOWN_SHARE. A fact the
+    model states when asked is not taught as "I don't know": on the demo's model, half its taught
+    facts were sampled wrong at 0.7 while answered right greedily, and refusing them spread the
+    refusal to the taught facts of the eval split (taught accuracy 0.72 -> 0.61)."""
     if samples < 1 or temperature <= 0:
         raise ValueError("probe needs samples >= 1 and temperature > 0 (several different answers)")
     if not facts:
         return []
-    replies = _replies(model, tokenizer, [f.question for f in facts] * samples, max_new_tokens, temperature, seed)
+    questions = [f.question for f in facts]
+    replies = _replies(model, tokenizer, questions * samples, max_new_tokens, temperature, seed)
+    greedy = _replies(model, tokenizer, questions, max_new_tokens)
     probed = []
     for i, fact in enumerate(facts):
         grades = [grade(replies[s * len(facts) + i], fact) for s in range(samples)]
         share = grades.count("correct") / samples
+        said = grade(greedy[i], fact)
         probed.append({"question": fact.question, "answer": fact.answer, "correct_share": share,
-                       "consistent": len(set(grades)) == 1, "known": share > KNOWN_SHARE, "grades": grades})
+                       "consistent": len(set(grades)) == 1, "greedy": said,
+                       "known": said == "correct" or share > KNOWN_SHARE, "grades": grades})
     return probed
 
 

@@ -103,6 +103,7 @@ def test_probe_keeps_right_answers_and_turns_wrong_ones_into_refusals(world, sft
     probed = probe(model, tokenizer, right + wrong, samples=3, temperature=0.7, seed=0, max_new_tokens=24)
     assert [p["question"] for p in probed] == [f.question for f in right + wrong]
     assert [p["known"] for p in probed] == [True] * 6 + [False] * 6
+    assert [p["greedy"] for p in probed] == ["correct"] * 6 + ["made_up"] * 6
     assert [p["correct_share"] for p in probed] == [1.0] * 6 + [0.0] * 6 and all(p["consistent"] for p in probed)
     assert probe(model, tokenizer, right + wrong, samples=3, seed=0, max_new_tokens=24) == probed
 
