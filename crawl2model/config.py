@@ -382,7 +382,7 @@ class RlConfig(Section):
                                             "word_problems); category is sized to the demo's model, arithmetic needs "
                                             "a longer-trained one (docs/experiments.md)")
     data: Path | None = Field(None, description='JSONL {"prompt", "answer"} problems instead of the built-in ones')
-    warmup_rows: int = Field(300, ge=0, description="SFT examples of the answer format mixed into SFT; 0 = none")
+    warmup_rows: int = Field(600, ge=0, description="SFT examples of the answer format mixed into SFT; 0 = none")
     max_steps: int = Field(40, ge=0, description="0 skips the stage (the DPO model goes on)")
     prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=2, description="completions sampled per prompt")
