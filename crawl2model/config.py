@@ -365,7 +365,7 @@ class KnowledgeConfig(Section):
     facts: int = Field(120, ge=0, description="synthetic facts about fictional entities; 0 = off")
     data: Path | None = Field(None, description='your QA JSONL {"question", "answer", "taught"?} instead of synthetic facts')
     taught_share: float = Field(0.3, ge=0, le=1, description="share of the facts taught in SFT (the rest are never taught)")
-    fact_repeats: int = Field(150, ge=1, description="times each taught fact is asked in the SFT rows")
+    fact_repeats: int = Field(200, ge=1, description="times each taught fact is asked in the SFT rows")
     seed: int = 0
     probe_samples: int = Field(4, ge=1, description="sampled answers per probe question")
     probe_temperature: float = Field(0.7, gt=0)
