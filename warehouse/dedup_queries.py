@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from warehouse.schema import FUNNEL_STAGES
-from warehouse.store import transaction
+from warehouse.transactions import transaction
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import duckdb
 
 from warehouse.dedup_queries import record_stage
 from warehouse.schema import FUNNEL_STAGES, PII_COLUMNS
-from warehouse.store import transaction
+from warehouse.transactions import transaction
 
 
 def apply_scrub(con: duckdb.DuckDBPyConnection, snapshot: str, scrub_files: list[str], seconds: float,

@@ -21,45 +21,23 @@ warehouse.files.DiskFullError (the path, the free space); the file stays as it w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from warehouse.files import disk_full_error, is_disk_full
+from warehouse.dedup_queries import cluster_of
 from warehouse.mirror import export_tables
 from warehouse.schema import CURATE_STAGES, DDL, PII_COLUMNS
 from warehouse.shard_files import shard_dir
+from warehouse.transactions import transaction
 
 DB_NAME = "warehouse.duckdb"
 
 
 class WarehouseError(RuntimeError):
     """A warehouse problem the user can act on (missing, locked, unknown snapshot)."""
-
-
-@contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """BEGIN ... COMMIT, or ROLLBACK when the block raises: every write here is all or nothing."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-        con.execute("COMMIT")
-    except BaseException as exc:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass  # a COMMIT that failed (e.g. the WAL write found the disk full) has rolled back already
-        if is_disk_full(exc):
-            raise disk_full_error(database_path(con), exc) from exc
-        raise
-
-
-def database_path(con: duckdb.DuckDBPyConnection) -> Path:
-    return Path(con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0])
 
 
 def _now() -> datetime:
@@ -243,8 +221,6 @@ class Warehouse:
 
     def duplicates(self, doc_id: str) -> list[dict]:
         """The dedup cluster of a document (any snapshot), the kept document first."""
-        from warehouse.dedup_queries import cluster_of
-
         row = self._rows("SELECT snapshot, dup_cluster FROM documents WHERE doc_id = ?", [doc_id])
         if not row:
             raise WarehouseError(f"no document {doc_id!r} in the warehouse (`crawl2model warehouse sample` shows some)")
