@@ -25,9 +25,9 @@ Grading a reply (`grade`), in this order:
 
 Probe: `samples` replies per question at `temperature` and the greedy one; a question is known
 when the greedy reply is right or more than KNOWN_SHARE of the samples are. The others (wrong, or
-right only by chance) get the refusal. The chosen rule and the sizes were measured on the `small` preset (README of the task in
-the report): the made-up rate on never-taught eval questions fell by more than half while taught
-accuracy held.
+right only by chance) get the refusal. The rule and the sizes were measured on the demo's model
+(docs/experiments.md, "How the default recipe was found"): the made-up rate on never-taught eval
+questions fell by more than half while taught accuracy held.
 """
 
 from __future__ import annotations
