@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m crawl2model.runtime
 	touch $@
 
 $(VENV)/wheels/.built: | $(VENV)/.installed

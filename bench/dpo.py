@@ -75,7 +75,8 @@ from model.config import ModelConfig  # noqa: E402
 from model.dpo import collate_pairs, dpo_batch_loss, pair_logps, precompute_reference  # noqa: E402
 from model.hf import export_hf, tokenizer_folder  # noqa: E402
 from model.llama import Llama  # noqa: E402
-from tasks.bpe import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
+from model.tokenizer import load_tokenizer, save_tokenizer  # noqa: E402
+from tasks.bpe import train_tokenizer  # noqa: E402
 
 NO_TRUNCATION = 1 << 30
 

@@ -71,9 +71,10 @@ from model.generate import generate  # noqa: E402
 from model.grpo import RlConfig, _update, group_advantages, rollout_seed  # noqa: E402
 from model.hf import export_hf, tokenizer_folder  # noqa: E402
 from model.llama import Llama  # noqa: E402
+from model.tokenizer import END_OF_TURN, load_tokenizer, save_tokenizer  # noqa: E402
 from model.train import make_optimizer  # noqa: E402
 from model.verifiable import accuracy, problems, reward, warmup_rows  # noqa: E402
-from tasks.bpe import END_OF_TURN, load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
+from tasks.bpe import train_tokenizer  # noqa: E402
 
 
 def build_checkpoint(families: list[str], preset: str, vocab: int, seed: int) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import llamacpp  # noqa: E402
-from model.sampling import newest_checkpoint  # noqa: E402
+from crawl2model.layout import DataRoot  # noqa: E402
 from model.variants import build_variants, measure_variants, val_windows, variant_table  # noqa: E402
 
 GGUF = ["f32", "f16", "bf16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
@@ -40,7 +40,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or newest_checkpoint(args.data_root)
+    checkpoint = args.checkpoint or DataRoot(args.data_root).newest_checkpoint()
     quants = GGUF if llamacpp.available() else [q for q in GGUF if "_k" not in q]
     with tempfile.TemporaryDirectory(prefix="c2m-quant-") as tmp:
         out = args.out or Path(tmp)

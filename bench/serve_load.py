@@ -63,7 +63,8 @@ def make_tiny_gguf(folder: Path) -> Path:
     from model.hf import tokenizer_folder
     from model.llama import Llama
     from model.to_gguf import export_gguf
-    from tasks.bpe import load_tokenizer, save_tokenizer, train_tokenizer
+    from model.tokenizer import load_tokenizer, save_tokenizer
+    from tasks.bpe import train_tokenizer
 
     corpus = QUESTIONS + ["The old harbour town woke slowly. Fishermen mended their nets while gulls argued.",
                           "The answer is always forty two. Yes, gladly. No way, never."]

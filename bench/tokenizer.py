@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.dedup import OUT, sample_documents, scaled_documents  # noqa: E402
-from tasks.bpe import EOT, train_tokenizer  # noqa: E402
+from model.tokenizer import EOT  # noqa: E402
+from tasks.bpe import train_tokenizer  # noqa: E402
 from tasks.token_shards import assemble, encode_part  # noqa: E402
 
 BATCH = 1000

@@ -10,14 +10,20 @@ value raises `ConfigError` naming the dotted key, before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from model import settings as trainers
+from model.settings import BOUNDS, default_of
 
 
 class ConfigError(ValueError):
@@ -235,90 +241,70 @@ class TokenizerConfig(Section):
         return stable_hash([self.val_fraction, self.shard_tokens])
 
 
-class PretrainConfig(Section):
+class TrainerSection(Section):
+    """A section made from a trainer's settings (model/settings.py, the one schema of its keys)."""
+    trainer: ClassVar[type]
+    stage_sets: ClassVar[frozenset[str]]
+
+    def trainer_values(self) -> dict:
+        """This section's values of the trainer's fields: what the stage passes it, whole."""
+        names = {f.name for f in dataclasses.fields(self.trainer)} - self.stage_sets
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in names}
+
+    @model_validator(mode="after")
+    def _trainer_accepts_it(self) -> "TrainerSection":
+        self.trainer(**self.trainer_values())  # its own checks, before any work
+        return self
+
+
+def trainer_section(trainer: type, stage_sets: set[str], defaults: dict | None = None) -> type[TrainerSection]:
+    """The fields of a trainer's settings dataclass as a config section: types, defaults, meanings
+    and bounds from model/settings.py, less the fields the stage sets itself (paths, its data);
+    `defaults` replace the dataclass's where a stage's recipe differs (STAGE_DEFAULTS)."""
+    hints = typing.get_type_hints(trainer)
+    fields = {}
+    for f in dataclasses.fields(trainer):
+        if f.name not in stage_sets:
+            bounds = {k: v for k, v in f.metadata.items() if k in BOUNDS}
+            default = (defaults or {}).get(f.name, default_of(f))
+            fields[f.name] = (hints[f.name], Field(default, description=f.metadata.get("help") or None, **bounds))
+    section = create_model(f"{trainer.__name__}Settings", __base__=TrainerSection, **fields)
+    section.trainer, section.stage_sets = trainer, frozenset(stage_sets)
+    return section
+
+
+class PretrainConfig(trainer_section(trainers.TrainConfig, {"manifest", "out"})):
     """Pretraining (model.train): the model preset and the training schedule."""
-    preset: Literal["tiny", "small", "124m", "350m"] = Field("small", description="model size (model/config.py)")
-    # The default trains `small` on ~0.45M tokens, ~3/4 of a pass over the sample, in ~3 minutes on 2
-    # cores; SFT's corpus text rows (sft.text_rows) go on from there (the default run's 12-minute budget).
-    max_steps: int = Field(110, ge=1)
-    micro_batch: int = Field(16, ge=1, description="sequences per forward/backward per process")
-    tokens_per_step: int = Field(4096, ge=1, description="global batch in tokens (gradient accumulation)")
-    seq_len: int | None = Field(None, ge=8, description="default: the preset's context length")
-    lr: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(15, ge=0)
-    schedule: Literal["cosine", "wsd"] = "cosine"
-    weight_decay: float = Field(0.1, ge=0)
-    eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(20, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    seed: int = 0
     nproc: int = Field(1, ge=1, description="training processes (torchrun when more than one)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    sample_prompts: list[str] = Field(default_factory=lambda: ["The ", "This function ", "Returns"],
-                                      description="generated from at each evaluation")
 
     def fingerprint(self) -> str:
         return stable_hash(self.model_dump(mode="json", exclude={"nproc", "device", "eval_every", "eval_batches",
-                                                                 "checkpoint_every", "sample_prompts"}))
+                                                                 "checkpoint_every", "sample_prompts", "resume"}))
 
 
-class TuneConfig(Section):
-    """What SFT and DPO share (model.posttrain.PosttrainConfig; fields not set here keep its defaults)."""
-    data: Path | None = Field(None, description="JSONL/JSONL.gz/Parquet rows; default: made from the corpus")
-    max_steps: int = Field(60, ge=1)
-    micro_batch: int = Field(8, ge=1, description="sequences (SFT) or pairs (DPO) per step")
-    grad_accumulation: int = Field(1, ge=1)
-    lr: float | None = Field(None, gt=0, description="default: SFT 3e-4, DPO 1e-5; with LoRA 2e-3, 1e-4")
-    warmup_steps: int = Field(5, ge=0)
-    seq_len: int | None = Field(None, ge=8, description="default: the base model's context length")
-    held_out_fraction: float = Field(0.1, ge=0, lt=1, description="examples held out for eval metrics")
-    lora_rank: int = Field(0, ge=0, description="0: tune all weights; else LoRA adapters of this rank (peft)")
-    lora_alpha: float = Field(16, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"],
-                                    description="model.llama Linear names that get adapters")
-    eval_every: int = Field(20, ge=1)
-    checkpoint_every: int = Field(20, ge=1)
-    eval_batches: int = Field(10, ge=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    sample_prompts: list[str] = Field(
-        default_factory=lambda: ['Write the opening of an article titled "Reading a CSV file".',
-                                 "What is this website about?", "Continue this passage:\nThe function returns"],
-        description="user turns answered before and after tuning")
-
-    def fingerprint(self) -> str:
-        return stable_hash([type(self).__name__, self.model_dump(mode="json", exclude={
-            "data", "device", "eval_every", "eval_batches", "checkpoint_every", "sample_prompts"})])
+TUNE_SETS = {"kind", "base", "out", "data"}  # the stage sets them; `data` below is the user's file
+DPO_ONLY = {"beta", "loss_type", "label_smoothing"}
+TUNE_NOT_HASHED = {"data", "device", "eval_every", "eval_batches", "checkpoint_every", "sample_prompts", "resume"}
 
 
-class SftConfig(TuneConfig):
+class SftConfig(trainer_section(trainers.PosttrainConfig, TUNE_SETS | DPO_ONLY, trainers.STAGE_DEFAULTS["sft"])):
     """Supervised fine-tuning (flows/posttrain.py): loss on assistant tokens only (every token of
     plain-text rows). The defaults teach the demo's model its name, the taught facts and the answer
     format of rl.families in ~3.5 minutes on 2 cores (README: what the default run teaches)."""
-    max_steps: int = Field(280, ge=1)
-    micro_batch: int = Field(6, ge=1, description="packed rows (of the base's context) per step")
-    lr: float | None = Field(3e-3, gt=0, description="the pretraining peak: short facts and names need it; "
-                             "the corpus text rows keep val/ppl from rising")
-    warmup_steps: int = Field(10, ge=0)
-    pack: bool = Field(True, description="several examples per row (most rows are a few dozen tokens)")
-    eval_every: int = Field(140, ge=1)
-    checkpoint_every: int = Field(140, ge=1)
+    data: Path | None = Field(None, description="JSONL/JSONL.gz/Parquet rows; default: made from the corpus")
     max_examples: int = Field(50, ge=1, description="corpus-made chat pairs, at most (when no data is given)")
     text_rows: int = Field(1400, ge=0, description="plain-text pieces of the corpus (~1,000 characters each, every "
                            "token learned) mixed in when no data is given: they keep val/ppl from rising "
                            "(700: +13 to +21% after the first pass; 1,400: -2%)")
 
+    def fingerprint(self) -> str:
+        return stable_hash(["SftConfig", self.model_dump(mode="json", exclude=TUNE_NOT_HASHED)])
 
-class DpoConfig(TuneConfig):
+
+class DpoConfig(trainer_section(trainers.PosttrainConfig, TUNE_SETS | {"pack"}, trainers.STAGE_DEFAULTS["dpo"])):
     """DPO preference tuning of the SFT model against itself frozen (flows/posttrain.py)."""
-    max_steps: int = Field(30, ge=1)
-    lr: float | None = Field(5e-5, gt=0, description="None: 1e-5 (LoRA 1e-4); at 1e-4 the knowledge pairs "
-                             "taught the demo's model to refuse facts it knew (docs/experiments.md)")
-    micro_batch: int = Field(4, ge=1)
-    beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO (sigmoid only)")
+    data: Path | None = Field(None, description='JSONL/Parquet {"prompt", "chosen", "rejected"} rows; default: '
+                              "pairs made as `pairs` says")
     pairs: Literal["knowledge", "self-play"] = Field(
         "knowledge", description="pairs made when no data is given: knowledge = the SFT model's own sampled replies "
         "to the probe split of the facts (chosen: the taught answer, or \"I don't know.\" for a never-taught fact; "
@@ -328,6 +314,12 @@ class DpoConfig(TuneConfig):
     pair_temperature: float = Field(1.0, gt=0, description="knowledge pairs: their sampling temperature")
     self_play_pairs: int = Field(128, ge=1, description="self-play pairs made from held-out documents")
     self_play_tokens: int = Field(48, ge=4, description="tokens the SFT model samples for each rejected side")
+
+    def fingerprint(self) -> str:
+        return stable_hash(["DpoConfig", self.model_dump(mode="json", exclude=TUNE_NOT_HASHED)])
+
+
+TuneConfig = SftConfig | DpoConfig
 
 
 # model.to_gguf.GGUF_TYPES (written by the gguf package) + K_QUANTS (llama.cpp's quantizer); a test keeps them equal
@@ -375,38 +367,13 @@ class KnowledgeConfig(Section):
                                          "at 1e-3 either taught no refusals or refused taught facts, by seed")
 
 
-class RlConfig(Section):
+class RlConfig(trainer_section(trainers.RlConfig, {"base", "out", "replay_data", "held_out_fraction", "sample_prompts"})):
     """RL on verifiable rewards (flows/rl.py, model.grpo): GRPO on problems a program can check."""
-    families: list[str] = Field(default_factory=lambda: ["category"],
-                                description="built-in task families (model.verifiable.FAMILIES: category, arithmetic, "
-                                            "word_problems); category is sized to the demo's model, arithmetic needs "
-                                            "a longer-trained one (docs/experiments.md)")
-    data: Path | None = Field(None, description='JSONL {"prompt", "answer"} problems instead of the built-in ones')
     warmup_rows: int = Field(600, ge=0, description="SFT examples of the answer format mixed into SFT; 0 = none")
-    max_steps: int = Field(40, ge=0, description="0 skips the stage (the DPO model goes on)")
-    prompts_per_step: int = Field(16, ge=1)
-    group_size: int = Field(8, ge=2, description="completions sampled per prompt")
-    max_new_tokens: int = Field(16, ge=4, description="reply tokens (the worked arithmetic solutions need 48)")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature (arithmetic from an SFT model at ~23%: "
-                               "0.4-0.6 gained most, docs/experiments.md)")
-    lr: float = Field(3e-4, gt=0, description="category from the demo's model: 6e-4 gained +12 points but wore "
-                      "down its identity and facts; 1e-3 collapsed to one answer")
-    min_lr_ratio: float = Field(1.0, gt=0, le=1, description="1: a constant rate; below: cosine down to lr * it by the last step")
-    clip_eps: float = Field(0.2, gt=0)
-    kl_beta: float = Field(0.0, ge=0, description="KL penalty to the DPO model; 0 holds no reference copy")
-    format_reward: float = Field(0.1, ge=0)
-    replay_rows: int = Field(4, ge=0, description="packed rows of the SFT model's data replayed each GRPO step "
-                             "(PPO-ptx), so what RL does not reward is not worn down; 0 = off")
-    replay_coef: float = Field(1.0, ge=0, description="weight of the replayed rows' loss")
-    heldout_problems: int = Field(256, ge=1, description="held-out problems scored during training")
-    eval_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(10, ge=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def fingerprint(self) -> str:
         return stable_hash(["rl", self.model_dump(mode="json", exclude={"data", "device", "eval_every",
-                                                                        "checkpoint_every", "warmup_rows"})])
+                                                                        "checkpoint_every", "warmup_rows", "resume"})])
 
 
 class AuditConfig(Section):
@@ -540,8 +507,45 @@ def load_config(
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            msg = "unknown config key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                nearest = nearest_key(err["loc"])
+                msg = "unknown config key" + (f" (did you mean {nearest}?)" if nearest else "")
             problems.append(f"{key}: {msg}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
     cfg.data_root = cfg.data_root.expanduser().resolve()
     return cfg
+
+
+def _section_of(loc: tuple) -> type[BaseModel] | None:
+    """The section model that the dotted path `loc` lies in (None: not a section)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def nearest_key(loc: tuple) -> str | None:
+    """The valid dotted key closest to a misspelt one (`sft.max_step` -> `sft.max_steps`), or None."""
+    section = _section_of(tuple(loc[:-1]))
+    if section is None:
+        return None
+    match = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1, cutoff=0.6)
+    return ".".join([*map(str, loc[:-1]), match[0]]) if match else None
+
+
+def described_keys(cfg: BaseModel, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every settable key of a config, dotted, with its value and its description, in schema order."""
+    rows = []
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            rows += described_keys(value, f"{prefix}{name}.")
+        else:
+            shown = [v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v for v in value] \
+                if isinstance(value, list) else value
+            rows.append((prefix + name, shown, field.description or ""))
+    return rows

@@ -13,6 +13,10 @@ Prefect's local mode otherwise starts a temporary API server in every process th
 with a process pool that is one server per worker (seconds each, and the run's state split over
 several databases). `prefect_api` starts one and exports its URL, so the workers share it.
 
+A new data root starts with a copy of an empty, migrated Prefect database, made once per install
+(`python -m crawl2model.runtime`, which `make` runs after installing): migrating a new one takes
+~15 s of every fresh data root's first run (make demo, a new experiment) on 2 cores.
+
 Credentials for servers with authentication (deploy/compose.yaml, `crawl2model ui --auth`) are
 read from the environment by the clients themselves: MLFLOW_TRACKING_USERNAME and
 MLFLOW_TRACKING_PASSWORD (MLflow's REST client), PREFECT_API_AUTH_STRING (Prefect's client); every
@@ -23,21 +27,33 @@ and turns a 401 into a clear error. The embedded default needs none and ignores 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Iterator
+
+from crawl2model.layout import DataRoot
+
+# An empty Prefect database at the installed Prefect's newest migration (in the virtual environment)
+PREFECT_TEMPLATE = Path(sys.prefix) / "share" / "crawl2model" / f"prefect-{version('prefect')}.db"
+PREFECT_DATABASE_SETTINGS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
 def prepare_environment(root: Path) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    layout = DataRoot(root)
     defaults = {
-        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_HOME": str(layout.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_LOGGING_LOG_PRINTS": "false",
         "PREFECT_TASKS_REFRESH_CACHE": "false",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{layout.mlflow_db}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no download bars in the pipeline's output
@@ -46,10 +62,40 @@ def prepare_environment(root: Path) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    seed_prefect_database(Path(os.environ["PREFECT_HOME"]))
+
+
+def seed_prefect_database(home: Path, template: Path | None = None) -> bool:
+    """Copy the empty migrated Prefect database into a PREFECT_HOME that has none (the embedded
+    server's default location, no server or database configured); True when copied."""
+    template = template or PREFECT_TEMPLATE
+    database = home / "prefect.db"
+    configured = os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in PREFECT_DATABASE_SETTINGS)
+    if configured or database.exists() or not template.exists():
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    partial = database.with_name(f"prefect.db.tmp-{os.getpid()}")
+    shutil.copyfile(template, partial)
+    os.replace(partial, database)  # whole or absent: Prefect must never open half a file
+    return True
+
+
+def make_prefect_template(dest: Path | None = None) -> Path:
+    """Migrate an empty Prefect database (`prefect server database upgrade`) and keep it as the template."""
+    dest = dest or PREFECT_TEMPLATE
+    with tempfile.TemporaryDirectory() as home:
+        env = {k: v for k, v in os.environ.items() if k not in PREFECT_DATABASE_SETTINGS + ("PREFECT_API_URL",)}
+        subprocess.run([str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"],
+                       env={**env, "PREFECT_HOME": home}, check=True, capture_output=True, timeout=600)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+        shutil.copyfile(Path(home) / "prefect.db", partial)
+        os.replace(partial, dest)
+    return dest
 
 
 def artifact_root(root: Path) -> str:
-    return (Path(root) / "mlartifacts").resolve().as_uri()
+    return DataRoot(root).mlflow_artifacts.resolve().as_uri()
 
 
 @contextmanager
@@ -110,3 +156,7 @@ def _drain_prefect_logs() -> None:
         APILogWorker.drain_all(timeout=5)
     except Exception:  # noqa: BLE001 - losing a log line must not fail the run
         pass
+
+
+if __name__ == "__main__":
+    print(f"empty Prefect database for new data roots: {make_prefect_template()}")

@@ -15,19 +15,20 @@ Facts are `knowledge.data` (a user's QA JSONL) or `knowledge.facts` synthetic on
 from __future__ import annotations
 
 from crawl2model.config import Config
+from model.identity import identity_rows
+from model.knowledge import fact_rows, facts, load_facts
+from model.posttrain import held_out_split
+from model.verifiable import load_problems, problems, warmup_rows
 
 USER_PROBLEMS_HELD_OUT = 0.2  # of the user's rl.data problems: eval and held-out accuracy only, never trained on
 
 
 def problem_split(cfg: Config, split: str, n: int) -> list:
     """Up to n problems of one split ("train" or "heldout")."""
-    from model.verifiable import load_problems, problems
-
     if n <= 0:
         return []
     if cfg.rl.data is None:
         return problems(list(cfg.rl.families), n, cfg.rl.seed, split)
-    from model.posttrain import held_out_split
 
     loaded, _ = load_problems(cfg.rl.data)
     train, held = held_out_split(loaded, [p.prompt for p in loaded], USER_PROBLEMS_HELD_OUT)
@@ -36,8 +37,6 @@ def problem_split(cfg: Config, split: str, n: int) -> list:
 
 def knowledge_facts(cfg: Config) -> list:
     """Every fact of the knowledge probe (both splits, taught and never taught); [] when off."""
-    from model.knowledge import facts, load_facts
-
     if cfg.knowledge.data is not None:
         return load_facts(cfg.knowledge.data, cfg.knowledge.taught_share)[0]
     return facts(cfg.knowledge.facts, cfg.knowledge.seed, cfg.knowledge.taught_share) if cfg.knowledge.facts else []
@@ -52,9 +51,6 @@ def assistant_sft_rows(cfg: Config, refusal_pass: bool = False) -> list[dict]:
     split: the probe's own rows answer those questions (the answer where the model knew it, the
     refusal where it did not). Kept, a taught fact the model failed to learn would be taught both
     ways at once; measured, that left 3 of 18 taught eval questions refused (none without)."""
-    from model.identity import identity_rows
-    from model.knowledge import fact_rows
-    from model.verifiable import warmup_rows
 
     rows = []
     if cfg.rl.warmup_rows and cfg.rl.data is None:

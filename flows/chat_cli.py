@@ -32,6 +32,10 @@ from typing import Optional
 import typer
 from rich.markup import escape  # paths, JSON and pip extras hold brackets that rich would read as markup
 
+from crawl2model.layout import DataRoot
+from flows.cli_app import MODEL, app, cli_config, err, fail, out
+from flows.servers import _stop, interruptible, port_free, port_open
+
 HELP = "/reset  new conversation (history cleared)\n/context  the conversation as the model sees it, and how much of " \
        "its context it fills\n/help  this list\n/exit  end (or Ctrl-D)"
 # What `python -m llama_cpp.server` imports beyond llama_cpp: the `server` extra of llama-cpp-python.
@@ -43,10 +47,8 @@ INTERRUPT_GRACE_S = 10.0
 
 def _registry(ctx: typer.Context, overrides: list[str], alias: str):
     """(registered model name, the version behind the alias) or a clear error."""
-    from flows.cli import _config, fail
-
-    cfg = _config(ctx, overrides)
-    from mlflow import MlflowClient
+    cfg = cli_config(ctx, overrides)
+    from mlflow import MlflowClient  # deferred: after cli_config prepared MLflow's environment
     from mlflow.exceptions import MlflowException
 
     name = cfg.registry.model_name
@@ -59,28 +61,23 @@ def _registry(ctx: typer.Context, overrides: list[str], alias: str):
 
 def _default_checkpoint(root: Path) -> Path:
     """The newest checkpoint of the last tuning stage there is: RL, else DPO, else SFT, else pretraining."""
-    from flows.posttrain import newest_of_stage
-
-    for stage in ("rl", "dpo", "sft", "pretrain"):
-        try:
-            return newest_of_stage(root, stage)
-        except FileNotFoundError:
-            continue
-    raise FileNotFoundError(f"no checkpoint under {root / 'checkpoints'}: run `crawl2model run` (or train, sft), "
-                            "or give --checkpoint, --alias or --gguf")
+    try:
+        return DataRoot(root).newest_tuned(("rl", "dpo", "sft", "pretrain"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint under {root / 'checkpoints'}: run `crawl2model run` (or train, sft), "
+                                "or give --checkpoint, --alias or --gguf") from None
 
 
 def _backend(ctx: typer.Context, overrides: list[str], checkpoint: Path | None, alias: str | None,
              gguf: Path | None):
     """(backend, what it is) for the one source given, or the newest tuned checkpoint."""
-    from flows.cli import _config, fail
-    from model.chat import LlamaCppBackend, TorchBackend
+    from model.chat import LlamaCppBackend, TorchBackend  # deferred: torch, not needed for --help
     from model.sampling import CheckpointError
 
     if sum(x is not None for x in (checkpoint, alias, gguf)) > 1:
         fail("give one of --checkpoint, --alias and --gguf")
     if gguf is not None:
-        from model import llamacpp
+        from model import llamacpp  # deferred: with the torch backends above
 
         if not llamacpp.available():
             fail(f"--gguf runs the file in llama.cpp, which needs llama-cpp-python: {escape(llamacpp.EXTRA_HINT)}")
@@ -91,14 +88,14 @@ def _backend(ctx: typer.Context, overrides: list[str], checkpoint: Path | None, 
         except ValueError as exc:
             fail(str(exc))
     if alias is not None:
-        import mlflow
+        import mlflow  # deferred: after cli_config (in _registry) prepared its environment
 
         name, version = _registry(ctx, overrides, alias)
         with tempfile.TemporaryDirectory() as tmp:  # the model is in memory once loaded
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=tmp))
             return TorchBackend.from_checkpoint(local / "artifacts" / "checkpoint"), \
                 f"models:/{name}@{alias} (version {version.version})"
-    cfg = _config(ctx, overrides)
+    cfg = cli_config(ctx, overrides)
     try:
         checkpoint = checkpoint or _default_checkpoint(cfg.data_root)
         return TorchBackend.from_checkpoint(checkpoint), str(checkpoint)
@@ -109,6 +106,7 @@ def _backend(ctx: typer.Context, overrides: list[str], checkpoint: Path | None, 
 OVERRIDES = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (e.g. registry.model_name=NAME).")
 
 
+@app.command(rich_help_panel=MODEL)
 def chat(
     ctx: typer.Context,
     overrides: Optional[list[str]] = OVERRIDES,
@@ -123,8 +121,7 @@ def chat(
     seed: Optional[int] = typer.Option(None, help="Sampling seed (reply k of a conversation uses seed + k)."),
 ) -> None:
     """Chat with a model in the terminal: chat template, streamed replies, multi-turn history, /reset."""
-    from flows.cli import fail, out
-    from model.chat import Chat
+    from model.chat import Chat  # deferred: torch, not needed for --help
 
     backend, what = _backend(ctx, overrides or [], checkpoint, alias, gguf)
     try:
@@ -142,8 +139,6 @@ def chat(
 
 
 def _loop(session) -> None:
-    from flows.cli import out
-
     while True:
         try:
             line = input("you> ")
@@ -191,6 +186,7 @@ def _answer(session, line: str) -> None:
     sys.stdout.flush()
 
 
+@app.command(rich_help_panel=MODEL)
 def serve(
     ctx: typer.Context,
     overrides: Optional[list[str]] = OVERRIDES,
@@ -200,16 +196,13 @@ def serve(
     port: int = typer.Option(8080, help="Port on 127.0.0.1."),
 ) -> None:
     """Serve a model over HTTP on 127.0.0.1 with an existing server; Ctrl-C stops it."""
-    from flows.cli import _config, fail
-    from flows.servers import port_free
-
     if gguf is not None and alias is not None:
         fail("give one of --gguf and --alias")
     if not port_free(port):
         fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
     url = f"http://127.0.0.1:{port}"
     if gguf is not None:
-        _config(ctx, overrides or [])
+        cli_config(ctx, overrides or [])
         missing = [m for m in ("llama_cpp", *LLAMA_SERVER_MODULES) if importlib.util.find_spec(m) is None]
         if missing:
             fail(f"serving a GGUF needs llama.cpp's server (missing: {', '.join(missing)}): "
@@ -235,16 +228,11 @@ def serve(
 def run_server(command: list[str], port: int, url: str, what: str, example: str) -> None:
     """Start the server in its own process group, say where it answers once it does, wait; Ctrl-C
     or SIGTERM interrupts it (SIGINT to its group) and waits for it to stop."""
-    from flows.servers import interruptible
-
     with interruptible():
         _run_server(command, port, url, what, example)
 
 
 def _run_server(command: list[str], port: int, url: str, what: str, example: str) -> None:
-    from flows.cli import err, fail, out
-    from flows.servers import _stop, port_open
-
     out.print(f"starting {escape(what)} ...", highlight=False)
     # MLflow starts `uvicorn` by name: the venv's bin must be on PATH even when the venv is not activated
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}

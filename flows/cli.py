@@ -14,6 +14,7 @@
     crawl2model ui [--prefect-port 4200 --mlflow-port 5000] [--auth]   # both UIs over the data root; Ctrl-C stops both
     crawl2model warehouse stats | funnel | rejections | sample | duplicates DOC_ID
     crawl2model warehouse verify [--record] | rebuild [--mirror] [--force]   # checksums; DuckDB from Parquet
+    crawl2model config show [KEY=VALUE]... [PREFIX]...   # every key, its value and meaning
     crawl2model doctor [KEY=VALUE]...                # versions, data root, Prefect/MLflow, torch devices; exit 1 if not ready
     crawl2model --data-root /data/c2m --config my.yaml ...
 
@@ -26,70 +27,31 @@ root (`./c2m-data`, or `--data-root`, or `C2M_HOME`). Exit status: 0 done, 1 the
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from crawl2model.config import Config, ConfigError, load_config
-from crawl2model.runtime import prepare_environment
-from flows.chat_cli import chat, serve
-from flows.doctor import doctor
-from flows.models_cli import models_app
+# Each of these registers its commands on the app (flows/cli_app.py) when imported.
+import flows.chat_cli  # noqa: F401  chat, serve
+import flows.config_cli  # noqa: F401  config show
+import flows.doctor  # noqa: F401  doctor
+import flows.models_cli  # noqa: F401  models list | show | promote | generate
+from crawl2model.config import Config
+from crawl2model.layout import DataRoot
+from flows.cli_app import (MODEL, OPERATIONS, PIPELINE, app, cli_config, fail, out, print_funnel, run_in_session,
+                           split_overrides, table)
+from flows.servers import ServerError, resolve_auth, serve_uis
+from flows.warehouse_cli import open_warehouse
+from model.shards import ShardError
+from model.tokenizer import load_tokenizer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Turn a web crawl into a trained, aligned, quantized language model.")
-warehouse_app = typer.Typer(no_args_is_help=True, help="Look at the curated warehouse (DuckDB).")
-app.add_typer(warehouse_app, name="warehouse")
+# The commands import their flows (Prefect, MLflow), torch and DuckDB inside the function: after
+# cli_config has prepared the environment for the data root, and never for --help (flows/cli_app.py).
+
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer, encode token shards, look at a text's tokens.")
-app.add_typer(tokenizer_app, name="tokenizer")
-app.add_typer(models_app, name="models")
-app.command()(chat)
-app.command()(serve)
-app.command()(doctor)
-
-out = Console()
-err = Console(stderr=True)
-_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
-
-
-def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
-    """Separate `key=value` config overrides from inputs (an existing path is always an input)."""
-    inputs, overrides = [], []
-    for item in items:
-        (overrides if _OVERRIDE.match(item) and not os.path.exists(item) else inputs).append(item)
-    return inputs, overrides
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@app.callback()
-def main_options(
-    ctx: typer.Context,
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where all state lives (default: $C2M_HOME or ./c2m-data)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file; key=value items override it."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
-) -> None:
-    ctx.obj = {"data_root": data_root, "config": config}
-    if verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")
-
-
-def _config(ctx: typer.Context, overrides: list[str]) -> Config:
-    try:
-        cfg = load_config(ctx.obj["config"], overrides, ctx.obj["data_root"])
-    except ConfigError as exc:
-        fail(str(exc))
-    prepare_environment(cfg.data_root)  # before prefect or mlflow is imported
-    return cfg
+app.add_typer(tokenizer_app, name="tokenizer", rich_help_panel=PIPELINE)
 
 
 def _run(inputs: list[str] | None, cfg: Config, until: str | None) -> None:
@@ -109,8 +71,8 @@ def _run(inputs: list[str] | None, cfg: Config, until: str | None) -> None:
         result = run_pipeline(inputs, cfg, until=until, show_progress=True, report=_reporter(until))
     except Exception as exc:
         fail(f"{type(exc).__name__}: {exc}", code=1)
-    with _open_warehouse(cfg) as wh:
-        _print_funnel(wh.funnel(result.curate.snapshot))
+    with open_warehouse(cfg) as wh:
+        print_funnel(wh.funnel(result.curate.snapshot))
     out.print(f"warehouse: {cfg.data_root / 'warehouse.duckdb'}   (crawl2model warehouse funnel | rejections | sample)")
     out.print(f"MLflow run {result.mlflow_run_id}: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
 
@@ -180,26 +142,40 @@ def _print_pretrain(summary) -> None:
 def _stage(ctx: typer.Context, overrides: list[str], snapshot: str | None, force: bool, runner, printer) -> None:
     from warehouse import WarehouseError
 
-    cfg = _config(ctx, overrides)
+    cfg = cli_config(ctx, overrides)
     if not (cfg.data_root / "warehouse.duckdb").exists():
         fail(f"no warehouse at {cfg.data_root}: run `crawl2model curate PATH` or `crawl2model run` first")
-    printer(_in_session(cfg, (WarehouseError,), runner, cfg, snapshot, None, True, force))
+    printer(run_in_session(cfg, (WarehouseError,), runner, cfg, snapshot, None, True, force))
 
 
-def _in_session(cfg: Config, user_errors: tuple, fn, *args):
-    """Run a flow function in a Prefect/MLflow session: a user error exits 2 with its message,
-    anything else exits 1 with the exception."""
-    from flows.pipeline import in_session
+@app.command(context_settings={"allow_extra_args": False}, rich_help_panel=PIPELINE)
+def curate(
+    ctx: typer.Context,
+    items: list[str] = typer.Argument(..., metavar="INPUT... [KEY=VALUE]...",
+                                      help="WARC files, folders of HTML or WARC files, URL lists (.txt, one URL a line) or URLs."),
+) -> None:
+    """Curate inputs into the warehouse: URL filter, extraction, language and quality filters."""
+    inputs, overrides = split_overrides(items)
+    if not inputs:
+        fail("no input given: name WARC files, folders, URL lists or URLs")
+    _run(inputs, cli_config(ctx, overrides), until="curate")
 
-    try:
-        return in_session(cfg, fn, *args)
-    except user_errors as exc:
-        fail(str(exc))
-    except Exception as exc:
-        fail(f"{type(exc).__name__}: {exc}", code=1)
+
+@app.command(rich_help_panel=PIPELINE)
+def run(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides."),
+    inputs: Optional[list[str]] = typer.Option(None, "--input", "-i", help="Input (repeatable); default: the bundled sample."),
+    until: Optional[str] = typer.Option(None, "--until", help="Last stage to run: curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register (default: the last one built)."),
+) -> None:
+    """Run the pipeline up to a stage, on the given inputs or the bundled sample."""
+    _, bad = split_overrides(overrides or [])
+    if len(bad) != len(overrides or []):
+        fail("positional items must be key=value overrides; give inputs with --input")
+    _run(inputs, cli_config(ctx, overrides or []), until)  # cli_config prepares the environment: before Prefect is imported
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def dedup(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (dedup.*)."),
@@ -212,7 +188,7 @@ def dedup(
     _stage(ctx, overrides or [], snapshot, force, run_dedup, _print_dedup)
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def scrub(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (pii.*)."),
@@ -223,120 +199,6 @@ def scrub(
     from flows.scrub import run_scrub
 
     _stage(ctx, overrides or [], snapshot, force, run_scrub, _print_scrub)
-
-
-@app.command(context_settings={"allow_extra_args": False})
-def curate(
-    ctx: typer.Context,
-    items: list[str] = typer.Argument(..., metavar="INPUT... [KEY=VALUE]...",
-                                      help="WARC files, folders of HTML or WARC files, URL lists (.txt, one URL a line) or URLs."),
-) -> None:
-    """Curate inputs into the warehouse: URL filter, extraction, language and quality filters."""
-    inputs, overrides = split_overrides(items)
-    if not inputs:
-        fail("no input given: name WARC files, folders, URL lists or URLs")
-    _run(inputs, _config(ctx, overrides), until="curate")
-
-
-@app.command()
-def run(
-    ctx: typer.Context,
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides."),
-    inputs: Optional[list[str]] = typer.Option(None, "--input", "-i", help="Input (repeatable); default: the bundled sample."),
-    until: Optional[str] = typer.Option(None, "--until", help="Last stage to run: curate, dedup, pii, tokenizer, pretrain, sft, dpo, rl, eval, export, register (default: the last one built)."),
-) -> None:
-    """Run the pipeline up to a stage, on the given inputs or the bundled sample."""
-    _, bad = split_overrides(overrides or [])
-    if len(bad) != len(overrides or []):
-        fail("positional items must be key=value overrides; give inputs with --input")
-    _run(inputs, _config(ctx, overrides or []), until)  # _config prepares the environment: before prefect is imported
-
-
-# --- warehouse ------------------------------------------------------------------------------
-
-
-def _open_warehouse(cfg: Config):
-    from warehouse import Warehouse, WarehouseError
-
-    try:
-        return Warehouse.open(cfg.data_root, read_only=True)
-    except WarehouseError as exc:
-        fail(str(exc))
-
-
-def _warehouse(ctx: typer.Context):
-    return _open_warehouse(_config(ctx, []))
-
-
-def _table(rows: list[dict], title: str, columns: list[str] | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
-    columns = columns or (list(rows[0]) if rows else [])
-    for col in columns:
-        numeric = rows and isinstance(rows[0].get(col), (int, float))
-        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns])
-    return table
-
-
-def _print_funnel(funnel: list[dict]) -> None:
-    rows = [{**r, "MB": r["bytes"] / 1e6} for r in funnel]
-    out.print(_table(rows, "funnel", ["stage", "docs_in", "docs_out", "docs_dropped", "docs_quarantined", "MB", "seconds"]))
-
-
-def _query(ctx: typer.Context, fn):
-    from warehouse import WarehouseError
-
-    with _warehouse(ctx) as wh:
-        try:
-            return fn(wh)
-        except WarehouseError as exc:
-            fail(str(exc))
-
-
-@warehouse_app.command("stats")
-def warehouse_stats(ctx: typer.Context) -> None:
-    """Snapshots with their document and rejection counts."""
-    rows = _query(ctx, lambda wh: wh.snapshots())
-    out.print(_table(rows, "snapshots"))
-
-
-@warehouse_app.command("funnel")
-def warehouse_funnel(ctx: typer.Context, snapshot: Optional[str] = typer.Option(None, help="Default: the newest.")) -> None:
-    """Documents in, out, dropped and quarantined per stage; the counts reconcile."""
-    _print_funnel(_query(ctx, lambda wh: wh.funnel(snapshot)))
-
-
-@warehouse_app.command("rejections")
-def warehouse_rejections(
-    ctx: typer.Context,
-    snapshot: Optional[str] = typer.Option(None, help="Default: the newest."),
-    stage: Optional[str] = typer.Option(None, help="Show examples of this stage."),
-    reason: Optional[str] = typer.Option(None, help="Show examples of this reason."),
-    limit: int = typer.Option(20, help="Examples to show."),
-) -> None:
-    """Rejections counted by stage and reason; with --stage/--reason, examples."""
-    counts, examples = _query(ctx, lambda wh: (wh.rejection_counts(snapshot),
-                                               wh.rejections(snapshot, stage, reason, limit) if stage or reason else []))
-    out.print(_table(counts, "rejections by reason"))
-    if examples:
-        out.print(_table(examples, "examples"))
-
-
-@warehouse_app.command("sample")
-def warehouse_sample(
-    ctx: typer.Context,
-    n: int = typer.Option(3, "-n", help="Documents to show."),
-    snapshot: Optional[str] = typer.Option(None, help="Default: the newest."),
-    seed: int = typer.Option(0, help="Another seed, other documents."),
-    chars: int = typer.Option(400, help="Characters of text to show."),
-) -> None:
-    """A few kept documents with the start of their text."""
-    for doc in _query(ctx, lambda wh: wh.sample(n, snapshot, seed)):
-        out.rule(f"{doc['title'] or '(no title)'}", align="left")
-        out.print(f"[dim]{doc['doc_id']}  {doc['url']}  {doc['lang']} {doc['lang_score']:.2f}  {doc['chars']} chars[/]",
-                  highlight=False)
-        out.print(doc["text"][:chars] + ("…" if len(doc["text"]) > chars else ""), highlight=False)
 
 
 @tokenizer_app.command("train")
@@ -363,21 +225,19 @@ def _tokenizer_stage(ctx: typer.Context, overrides: list[str], snapshot: str | N
     from flows.tokenize_corpus import run_tokenizer
     from warehouse import WarehouseError
 
-    cfg = _config(ctx, overrides)
+    cfg = cli_config(ctx, overrides)
     if not (cfg.data_root / "warehouse.duckdb").exists():
         fail(f"no warehouse at {cfg.data_root}: run `crawl2model run --until pii` first")
-    _print_tokenizer(_in_session(cfg, (WarehouseError, ValueError), run_tokenizer, cfg, snapshot, None, True, encode))
+    _print_tokenizer(run_in_session(cfg, (WarehouseError, ValueError), run_tokenizer, cfg, snapshot, None, True, encode))
 
 
 @tokenizer_app.command("show")
 def tokenizer_show(ctx: typer.Context, text: str = typer.Argument(..., help="Text to encode.")) -> None:
     """Encode a text with the newest tokenizer: ids and pieces."""
-    from flows.tokenize_corpus import latest
-    from tasks.bpe import load_tokenizer
 
-    cfg = _config(ctx, [])
+    cfg = cli_config(ctx, [])
     try:
-        folder = latest(cfg.data_root, "tokenizer")
+        folder = DataRoot(cfg.data_root).latest("tokenizer")
     except FileNotFoundError as exc:
         fail(str(exc))
     tokenizer = load_tokenizer(folder)
@@ -385,10 +245,10 @@ def tokenizer_show(ctx: typer.Context, text: str = typer.Argument(..., help="Tex
     pieces = [tokenizer.decode([i]) for i in ids]
     out.print(f"{len(ids)} tokens, {len(text.encode())} bytes ({len(text.encode()) / max(1, len(ids)):.2f} bytes/token), "
               f"tokenizer {folder}", highlight=False)
-    out.print(_table([{"id": i, "piece": repr(p)} for i, p in zip(ids, pieces)], "tokens"))
+    out.print(table([{"id": i, "piece": repr(p)} for i, p in zip(ids, pieces)], "tokens"))
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def train(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (pretrain.*)."),
@@ -397,13 +257,12 @@ def train(
 ) -> None:
     """Pretrain a model on the token shards (resumes a killed run; a finished one is a no-op)."""
     from flows.pretrain import run_pretrain
-    from tasks.token_shards import ShardError
 
-    cfg = _config(ctx, (overrides or []) + ([f"pretrain.preset={preset}"] if preset else []))
-    _print_pretrain(_in_session(cfg, (FileNotFoundError, ShardError), run_pretrain, cfg, manifest))
+    cfg = cli_config(ctx, (overrides or []) + ([f"pretrain.preset={preset}"] if preset else []))
+    _print_pretrain(run_in_session(cfg, (FileNotFoundError, ShardError), run_pretrain, cfg, manifest))
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def generate(
     ctx: typer.Context,
     prompt: str = typer.Argument(..., help="Text to continue."),
@@ -415,11 +274,11 @@ def generate(
     seed: int = typer.Option(0, help="Sampling seed."),
 ) -> None:
     """Continue a prompt with a pretrained checkpoint (its tokenizer is the one it was trained with)."""
-    from model.sampling import CheckpointError, generate_text, newest_checkpoint
+    from model.sampling import CheckpointError, generate_text
 
-    cfg = _config(ctx, [])
+    cfg = cli_config(ctx, [])
     try:
-        path = checkpoint or newest_checkpoint(cfg.data_root)
+        path = checkpoint or DataRoot(cfg.data_root).newest_checkpoint()
         text = generate_text(path, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     except (CheckpointError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -431,21 +290,21 @@ def _tune(ctx: typer.Context, stage: str, overrides: list[str], base: Path | Non
         fail(f"--data {data}: no such file")
     if base is not None and not (base / "meta.json").exists():
         fail(f"--base {base} is not a checkpoint folder (no meta.json): give a step-NNNNNN folder under checkpoints/")
-    cfg = _config(ctx, overrides + ([f"{stage}.data={data.resolve()}"] if data else []))
-    from flows.posttrain import newest_of_stage, run_dpo, run_sft
+    cfg = cli_config(ctx, overrides + ([f"{stage}.data={data.resolve()}"] if data else []))
+    from flows.posttrain import run_dpo, run_sft
     from flows.rl import run_rl
     from model.sampling import CheckpointError
     from warehouse import WarehouseError
 
     try:
-        base = base or newest_of_stage(cfg.data_root, {"sft": "pretrain", "dpo": "sft", "rl": "dpo"}[stage])
+        base = base or DataRoot(cfg.data_root).newest_of_stage({"sft": "pretrain", "dpo": "sft", "rl": "dpo"}[stage])
     except FileNotFoundError as exc:
         fail(str(exc))
     runner = {"sft": run_sft, "dpo": run_dpo, "rl": run_rl}[stage]
-    _print_tune(_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError, WarehouseError), runner, cfg, base))
+    _print_tune(run_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError, WarehouseError), runner, cfg, base))
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def sft(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (sft.*)."),
@@ -457,7 +316,7 @@ def sft(
     _tune(ctx, "sft", overrides or [], base, data)
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def dpo(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (dpo.*)."),
@@ -469,7 +328,7 @@ def dpo(
     _tune(ctx, "dpo", overrides or [], base, data)
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def rl(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (rl.*)."),
@@ -481,7 +340,7 @@ def rl(
     _tune(ctx, "rl", overrides or [], base, data)
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel=PIPELINE)
 def eval_command(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (eval.*, audit.*)."),
@@ -491,14 +350,14 @@ def eval_command(
     """The eval suite alone: held-out bits/byte, verifiable problems, facts and "I don't know", identity, audits."""
     if checkpoint is not None and not (checkpoint / "meta.json").exists():
         fail(f"--checkpoint {checkpoint} is not a checkpoint folder (no meta.json)")
-    cfg = _config(ctx, overrides or [])
+    cfg = cli_config(ctx, overrides or [])
     from flows.evaluate import run_eval
     from model.sampling import CheckpointError
     from warehouse import WarehouseError
 
     if alias:
         checkpoint = _registered(cfg, alias)
-    summary = _in_session(cfg, (CheckpointError, FileNotFoundError, ValueError, WarehouseError), run_eval, cfg,
+    summary = run_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError, WarehouseError), run_eval, cfg,
                           checkpoint)
     _print_eval(summary)
 
@@ -515,7 +374,7 @@ def _registered(cfg: Config, alias: str) -> Path:
         version = MlflowClient().get_model_version_by_alias(name, alias).version
     except MlflowException:
         fail(f"model {name!r} has no version with alias {alias!r}: run `crawl2model run` first")
-    dest = cfg.data_root / "registry" / f"{name}-v{version}"
+    dest = DataRoot(cfg.data_root).registered(name, version)
     found = dest / "artifacts" / "checkpoint"
     return found if (found / "meta.json").exists() else registered_checkpoint(name, version, dest)
 
@@ -549,7 +408,7 @@ def _print_eval(summary) -> None:
     what = "nothing new, scored before" if summary.no_op else "scored"
     out.print(f"[bold green]eval[/]: {what}: {summary.checkpoint}   (eval set {summary.eval_set})", highlight=False,
               soft_wrap=True)
-    out.print(_table([{"metric": k, "value": f"{v:.4g}"} for k, v in summary.metrics.items()], "eval suite"))
+    out.print(table([{"metric": k, "value": f"{v:.4g}"} for k, v in summary.metrics.items()], "eval suite"))
 
 
 def _print_register(s) -> None:
@@ -563,7 +422,7 @@ def _print_register(s) -> None:
 GGUF_TYPES_HELP = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1; k-quants q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k"
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def export(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides (export.*)."),
@@ -581,20 +440,20 @@ def export(
         torch_quants = [q for q in quants if q in ("int8", "int4")]
         extra += [f"export.gguf_quants=[{','.join(q for q in quants if q not in torch_quants)}]",
                   f"export.torch_quants=[{','.join(torch_quants)}]"]
-    cfg = _config(ctx, extra)  # before importing Prefect (crawl2model.runtime prepares its environment)
+    cfg = cli_config(ctx, extra)  # before importing Prefect (crawl2model.runtime prepares its environment)
     from flows.export import run_export
-    from model.sampling import CheckpointError, newest_checkpoint
+    from model.sampling import CheckpointError
 
     try:
-        checkpoint = checkpoint or newest_checkpoint(cfg.data_root)
+        checkpoint = checkpoint or DataRoot(cfg.data_root).newest_checkpoint()
     except FileNotFoundError as exc:
         fail(str(exc))
     if not (checkpoint / "meta.json").exists():
         fail(f"{checkpoint} is not a checkpoint folder (no meta.json): give a step-NNNNNN folder under checkpoints/")
-    _print_export(_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError), run_export, cfg, checkpoint))
+    _print_export(run_in_session(cfg, (CheckpointError, FileNotFoundError, ValueError), run_export, cfg, checkpoint))
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATIONS)
 def ui(
     ctx: typer.Context,
     prefect_port: int = typer.Option(4200, "--prefect-port", help="Port of the Prefect UI and API on 127.0.0.1."),
@@ -604,26 +463,25 @@ def ui(
         "PREFECT_API_AUTH_STRING are set", help="Both servers refuse requests without those credentials."),
 ) -> None:
     """Prefect and MLflow UIs over the data root (every run made so far); Ctrl-C stops both."""
-    cfg = _config(ctx, [])
-    from flows.servers import ServerError, resolve_auth, serve_uis
-
+    cfg = cli_config(ctx, [])
     try:
         serve_uis(cfg.data_root, prefect_port, mlflow_port, auth=resolve_auth(auth))
     except ServerError as exc:
         fail(str(exc), code=1)
 
 
-@app.command("import-hf")
+@app.command("import-hf", rich_help_panel=MODEL)
 def import_hf_command(
     ctx: typer.Context,
     folder: Path = typer.Argument(..., help="A Hugging Face LlamaForCausalLM folder (config.json, model.safetensors)."),
 ) -> None:
     """Import a Hugging Face Llama folder as a crawl2model checkpoint (then `generate` or `export` it)."""
+    from model.checkpoint import step_folder
     from model.hf import HFExportError, import_hf
     from model.sampling import CheckpointError
 
-    cfg = _config(ctx, [])
-    target = cfg.data_root / "checkpoints" / f"imported-{folder.resolve().name}" / "step-000000"
+    cfg = cli_config(ctx, [])
+    target = step_folder(DataRoot(cfg.data_root).imported_run(folder.resolve().name), 0)
     try:
         path = import_hf(folder, target)
     except (HFExportError, CheckpointError, FileNotFoundError) as exc:
@@ -639,69 +497,6 @@ def _print_export(summary) -> None:
     gguf = [v for v in summary.variants if v["format"] == "gguf"]
     if gguf:
         out.print(f"  ollama create crawl2model -f {gguf[0]['path'].removesuffix('.gguf')}.Modelfile")
-
-
-@warehouse_app.command("verify")
-def warehouse_verify(
-    ctx: typer.Context,
-    record: bool = typer.Option(False, "--record", help="First record checksums of Parquet files that have none "
-                                                         "(data roots from before checksums; trusts them as they are)."),
-) -> None:
-    """Check every Parquet file against its checksum and the DuckDB file against its Parquet mirror; exit 1 on a problem."""
-    from rich.markup import escape
-
-    from warehouse import WarehouseError
-    from warehouse.verify import record_missing, verify
-
-    cfg = _config(ctx, [])
-    if record:
-        out.print(f"recorded the checksums of {len(record_missing(cfg.data_root))} file(s)")
-    try:
-        problems, checked = verify(cfg.data_root)
-    except WarehouseError as exc:
-        fail(str(exc))
-    if not problems:
-        out.print(f"[bold green]ok[/]: {checked} Parquet files match their checksums; warehouse.duckdb matches its mirror")
-        return
-    # not a table: the paths and commands stay whole, to copy and paste
-    out.print(f"[bold red]{len(problems)} problem(s)[/] in {escape(str(cfg.data_root))}:")
-    for p in problems:
-        out.print(f"  {escape(p.path)}\n    what: {escape(p.what)}\n    fix:  {escape(p.fix)}", soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
-
-
-@warehouse_app.command("rebuild")
-def warehouse_rebuild(
-    ctx: typer.Context,
-    mirror: bool = typer.Option(False, "--mirror", help="The other way: write the Parquet table mirror again from warehouse.duckdb."),
-    force: bool = typer.Option(False, help="Replace a warehouse.duckdb that opens (it is renamed, not deleted)."),
-) -> None:
-    """Make warehouse.duckdb again from the Parquet table mirror (parquet/tables/), checksums checked first."""
-    from warehouse import WarehouseError
-    from warehouse.files import DiskFullError
-    from warehouse.verify import rebuild, refresh_mirror
-
-    cfg = _config(ctx, [])
-    try:
-        if mirror:
-            manifest = refresh_mirror(cfg.data_root)
-            out.print(f"[bold green]mirror written[/]: {cfg.data_root / 'parquet' / 'tables' / manifest['generation']}")
-            return
-        counts = rebuild(cfg.data_root, force)
-    except (WarehouseError, DiskFullError) as exc:
-        fail(str(exc), code=1)
-    out.print(f"[bold green]rebuilt[/] {cfg.data_root / 'warehouse.duckdb'}: "
-              + ", ".join(f"{t} {n}" for t, n in counts.items()))
-
-
-@warehouse_app.command("duplicates")
-def warehouse_duplicates(ctx: typer.Context, doc_id: str = typer.Argument(..., help="A document id.")) -> None:
-    """A document's dedup cluster, across snapshots: the kept document first, then the removed ones."""
-    rows = _query(ctx, lambda wh: wh.duplicates(doc_id))
-    for row in rows:
-        row["kept"] = "kept" if row["kept"] else f"removed ({row['reason']})"
-    out.print(_table(rows, f"cluster of {doc_id} ({len(rows)} documents)",
-                     ["kept", "doc_id", "snapshot", "title", "url", "chars"]))
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
+from crawl2model.layout import DataRoot
 from flows.progress import progress_bar
 from flows.report import funnel_chart, funnel_markdown
 from flows.snapshot_stage import data_stage_runner, results_in_order
@@ -109,7 +110,7 @@ def curate_flow(inputs: list[str], cfg: Config, parent_run_id: str | None = None
     files = list(resolved.files)
     crawl_shards: list[tuple[Shard, CrawlResult]] = []
     for label, urls in resolved.url_lists:
-        result = crawl_url_list(label, urls, root / "crawl", cfg.curate.crawl)
+        result = crawl_url_list(label, urls, DataRoot(root).crawl_cache, cfg.curate.crawl)
         files.extend(result.warc_paths)
         crawl_shards.append((_crawl_shard(label, urls, salt), result))
     shards = plan_shards(files, cfg.curate.ingest.html_batch_size, salt)

@@ -42,6 +42,14 @@ import typer
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
+from rich.markup import escape
+from rich.table import Table
+
+from crawl2model.config import ConfigError, load_config
+from crawl2model.runtime import prepare_environment
+from flows.chat_cli import LLAMA_SERVER_MODULES
+from flows.cli_app import OPERATIONS, app, fail, out
+from model.to_gguf import K_QUANTS
 
 REPO = Path(__file__).resolve().parents[1]
 # One row each; the other pins share a row unless one of them is off.
@@ -200,6 +208,7 @@ def check_prefect_embedded(timeout: float) -> Check:
     """No PREFECT_API_URL: start the embedded server the way a run does (crawl2model.runtime.prefect_api)."""
     start = time.monotonic()
     try:
+        # deferred here and below: importing Prefect, MLflow and torch is part of what is checked
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()
@@ -287,15 +296,11 @@ def check_torch(cfg) -> Check:
 
 
 def check_extras(cfg, extras: dict[str, list[str]]) -> list[Check]:
-    from model.to_gguf import K_QUANTS
-
     rows = []
     k_quants = [q for q in cfg.export.gguf_quants if q in K_QUANTS] if "gguf" in cfg.export.formats else []
     llama = check_pin(next((r for r in extras.get("gguf", []) if "llama" in r), "llama-cpp-python"), required=False)
     llama.name = "llama-cpp-python (extra gguf)"
     if llama.status == "ok":
-        from flows.chat_cli import LLAMA_SERVER_MODULES
-
         missing = [m for m in LLAMA_SERVER_MODULES if importlib.util.find_spec(m) is None]
         llama.detail += ("; its server (serve --gguf) is missing " + ", ".join(missing)) if missing else \
             "; k-quants, GGUF scoring and `serve --gguf` available"
@@ -325,8 +330,6 @@ def run_checks(cfg, timeout: float = 30.0) -> list[Check]:
     configured_prefect = os.environ.get("PREFECT_API_URL")
     configured_mlflow = os.environ.get("MLFLOW_TRACKING_URI")
     if root_ok:
-        from crawl2model.runtime import prepare_environment
-
         prepare_environment(cfg.data_root)  # PREFECT_HOME and the sqlite store inside the data root
     if configured_prefect:
         rows.append(check_prefect_url(configured_prefect, timeout))
@@ -347,9 +350,6 @@ STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
 def render(rows: list[Check]):
-    from rich.markup import escape
-    from rich.table import Table
-
     table = Table(title="crawl2model doctor", title_justify="left")
     for col in ("check", "needed", "status", "detail"):
         table.add_column(col, overflow="fold")
@@ -359,6 +359,7 @@ def render(rows: list[Check]):
     return table
 
 
+@app.command(rich_help_panel=OPERATIONS)
 def doctor(
     ctx: typer.Context,
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
@@ -367,10 +368,7 @@ def doctor(
 ) -> None:
     """Check this machine for the configured run: versions against the pins, data root, Prefect and
     MLflow, torch devices, optional extras; exit 1 when something required is missing."""
-    from crawl2model.config import ConfigError, load_config
-    from flows.cli import fail, out
-
-    try:
+    try:  # not cli_config: the checks prepare the environment only for a data root that can hold it
         cfg = load_config(ctx.obj["config"], overrides or [], ctx.obj["data_root"])
     except ConfigError as exc:
         fail(str(exc))

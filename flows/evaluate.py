@@ -33,20 +33,29 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import get_run_context
+from tokenizers import Tokenizer
 
 from crawl2model.config import Config, stable_hash
+from crawl2model.layout import DataRoot
 from flows.assistant_data import knowledge_facts, problem_split
-from flows.posttrain import corpus_documents, newest_of_stage
+from flows.posttrain import corpus_documents
 from flows.tracking import Tracking, flatten
+from model.chat_data import load_preferences
+from model.evaluation import checkpoint_degeneracy, completion_logps, suite
+from model.hf import tokenizer_folder
+from model.identity import identity_questions
+from model.posttrain import data_files, held_out_split
+from model.sampling import load_model_and_tokenizer
+from model.variants import val_windows
+from tasks.canaries import load_canaries, warehouse_leaks
 
-CANARY_FOLDER = "audit/canaries"
-USER_PROBLEMS_HELD_OUT = 0.2  # of the user's rl.data problems, by a hash of the prompt: eval only, never RL  # under the data root: the planted pages and canaries.json
+USER_PROBLEMS_HELD_OUT = 0.2  # of the user's rl.data problems, by a hash of the prompt: eval only, never RL
 EVAL_SET_VERSION = 2  # in the eval folder's key: 2 added degeneracy_prompts (an older folder is not reused)
 STAGES = ("pretrain", "sft", "dpo", "rl")  # the lineage's stages, in pipeline order
 DEGENERACY_METRICS = ("distinct_2", "repetition_rate", "ended_rate")  # model.evaluation.degeneracy's keys
@@ -55,16 +64,6 @@ OPEN_PROMPTS = ["What is this website about?", "Explain what a function is.", "W
                 "What is the difference between weather and climate?", "Why do people read the news?",
                 "Describe your favourite place in a few words."]
 DEGENERACY_ASKED = 4  # held-out identity questions and eval fact questions added to OPEN_PROMPTS, each
-
-
-def newest_tuned(root: Path) -> Path:
-    """The newest checkpoint of the last tuning stage that has one: rl, else dpo, else sft."""
-    for stage in ("rl", "dpo", "sft"):
-        try:
-            return newest_of_stage(root, stage)
-        except FileNotFoundError:
-            continue
-    raise FileNotFoundError(f"no tuned checkpoint under {Path(root) / 'checkpoints'}: run `crawl2model run` first")
 
 
 def eval_table(metrics: dict) -> str:
@@ -108,10 +107,6 @@ def dpo_ancestor(checkpoint: Path) -> Path | None:
 def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
     """The held-out pairs of the DPO run in `checkpoint`'s lineage (its data and held-out fraction),
     each with "reference": the log-probs of its replies under that run's reference (its base)."""
-    from model.chat_data import load_preferences
-    from model.evaluation import completion_logps
-    from model.posttrain import data_files, held_out_split
-    from model.sampling import load_model_and_tokenizer
 
     dpo = dpo_ancestor(checkpoint)
     if dpo is None:
@@ -129,15 +124,13 @@ def held_out_pairs(checkpoint: Path, limit: int) -> list[dict]:
 
 
 def planted_canaries(cfg: Config) -> list[dict]:
-    path = cfg.data_root / CANARY_FOLDER / "canaries.json"
+    path = DataRoot(cfg.data_root).canaries / "canaries.json"
     return json.loads(path.read_text()) if cfg.audit.canaries and path.exists() else []
 
 
 def assistant_items(cfg: Config) -> dict:
     """The eval set's held-out problems, eval-split facts and identity questions."""
-    from dataclasses import asdict
 
-    from model.identity import identity_questions
 
     return {"problems": [asdict(p) for p in problem_split(cfg, "heldout", cfg.eval.problems)],
             "problem_tokens": cfg.rl.max_new_tokens,
@@ -154,10 +147,7 @@ def degeneracy_prompts(items: dict) -> list[str]:
 
 @task(name="eval-set", cache_policy=NONE)
 def build_eval_set(cfg: Config, checkpoint: Path, path: Path) -> dict:
-    from tokenizers import Tokenizer
 
-    from model.hf import tokenizer_folder
-    from model.variants import val_windows
 
     tokenizer = Tokenizer.from_file(str(tokenizer_folder(checkpoint) / "tokenizer.json"))
     has_corpus = (cfg.data_root / "warehouse.duckdb").exists()  # a model tuned from imported weights may have none
@@ -183,8 +173,6 @@ def build_eval_set(cfg: Config, checkpoint: Path, path: Path) -> dict:
 
 @task(name="score", cache_policy=NONE)
 def score(checkpoint: Path, eval_set: dict) -> dict:
-    from model.evaluation import suite
-
     return suite(checkpoint, eval_set)
 
 
@@ -192,7 +180,6 @@ def score(checkpoint: Path, eval_set: dict) -> dict:
 def lineage_scores(checkpoint: Path, eval_set: dict, candidate: dict) -> dict:
     """lineage/<stage>/{distinct_2,repetition_rate,ended_rate} of each model in the candidate's
     lineage on the eval set's degeneracy prompts (the candidate's own are its suite numbers)."""
-    from model.evaluation import checkpoint_degeneracy
 
     if not eval_set.get("degeneracy_prompts"):
         return {}
@@ -212,25 +199,21 @@ def lineage_line(scores: dict) -> str:
 
 
 def warehouse_canaries(cfg: Config) -> int | None:
-    """How many planted canary secrets the scrubbed warehouse still holds (None: no canaries)."""
-    canaries = planted_canaries(cfg)
-    if not canaries:
+    """How many planted canary secrets (as written, or without separators) the scrubbed warehouse
+    still holds (None: no canaries)."""
+    if not planted_canaries(cfg):
         return None
-    from warehouse import Warehouse
-
-    with Warehouse.open(cfg.data_root, read_only=True) as wh:
-        return sum(bool(wh.con.execute("SELECT count(*) FROM kept_documents WHERE contains(text, ?)",
-                                       [c["secret"]]).fetchone()[0]) for c in canaries)
+    return len(warehouse_leaks(cfg.data_root, load_canaries(DataRoot(cfg.data_root).canaries)))
 
 
 @flow(name="eval", log_prints=False)
 def eval_flow(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> EvalSummary:
     logger = get_run_logger()
-    checkpoint = Path(checkpoint) if checkpoint else newest_tuned(cfg.data_root)
+    checkpoint = Path(checkpoint) if checkpoint else DataRoot(cfg.data_root).newest_tuned()
     sections = ("eval", "audit", "rl", "knowledge", "assistant")
     key = stable_hash([str(checkpoint.resolve()), EVAL_SET_VERSION,
                        *(getattr(cfg, section).model_dump(mode="json") for section in sections)])
-    folder = cfg.data_root / "eval" / key[:12]
+    folder = DataRoot(cfg.data_root).eval_set(key)
     if (folder / "metrics.json").exists():
         metrics = json.loads((folder / "metrics.json").read_text())
         scores = json.loads((folder / "lineage.json").read_text()) if (folder / "lineage.json").exists() else {}

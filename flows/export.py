@@ -25,8 +25,8 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, ExportConfig
+from crawl2model.layout import DataRoot
 from flows.tracking import Tracking, flatten
-from model.sampling import newest_checkpoint
 from model.variants import Variant, build_variants, measure_variants, val_windows, variant_table
 
 
@@ -41,7 +41,7 @@ class ExportSummary:
 
 
 def export_folder(root: Path, checkpoint: Path, cfg: ExportConfig) -> Path:
-    return Path(root) / "exports" / f"{checkpoint.parent.name}-{checkpoint.name}-{cfg.fingerprint()[:8]}"
+    return DataRoot(root).export(checkpoint, cfg.fingerprint())
 
 
 @task(name="build-variants", cache_policy=NONE)
@@ -83,7 +83,7 @@ def _write_atomic(path: Path, text: str) -> None:
 @flow(name="export", log_prints=False)
 def export_flow(cfg: Config, checkpoint: Path | None = None, parent_run_id: str | None = None) -> ExportSummary:
     logger = get_run_logger()
-    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(cfg.data_root)
+    checkpoint = Path(checkpoint) if checkpoint else DataRoot(cfg.data_root).newest_checkpoint()
     out = export_folder(cfg.data_root, checkpoint, cfg.export)
     if (out / "variants.json").exists():
         variants = json.loads((out / "variants.json").read_text())

@@ -17,7 +17,10 @@ from typing import Optional
 
 import typer
 
+from flows.cli_app import MODEL, app, cli_config, fail, out, table
+
 models_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: list, show, promote, generate.")
+app.add_typer(models_app, name="models", rich_help_panel=MODEL)
 
 SHOWN_TAGS = {"eval/val_bpb": "bits/byte", "eval/reward_accuracy": "reward acc", "audit/canary_leaks": "leaks",
               "gate.decision": "gate"}
@@ -31,17 +34,14 @@ def models_options(ctx: typer.Context, name: Optional[str] = typer.Option(
 
 def _session(ctx: typer.Context):
     """(client, registered model name) after the environment is prepared."""
-    from flows.cli import _config
-
-    cfg = _config(ctx, [])
-    from mlflow import MlflowClient
+    cfg = cli_config(ctx, [])
+    from mlflow import MlflowClient  # deferred: after cli_config prepared MLflow's environment
 
     return MlflowClient(), ctx.obj.get("model_name") or cfg.registry.model_name
 
 
 def _version(client, name: str, version: Optional[str], alias: Optional[str]):
-    from flows.cli import fail
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: as in _session
 
     try:
         if version:
@@ -62,8 +62,6 @@ def _aliases(client, name: str) -> dict[str, list[str]]:
 @models_app.command("list")
 def list_versions(ctx: typer.Context) -> None:
     """Every registered version, newest first: aliases, eval numbers, gate decision."""
-    from flows.cli import _table, fail, out
-
     client, name = _session(ctx)
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
@@ -73,15 +71,13 @@ def list_versions(ctx: typer.Context) -> None:
              "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
              **{column: v.tags.get(tag, "") for tag, column in SHOWN_TAGS.items()}}
             for v in sorted(versions, key=lambda v: -int(v.version))]
-    out.print(_table(rows, f"registered model {name}"), soft_wrap=True)
+    out.print(table(rows, f"registered model {name}"), soft_wrap=True)
 
 
 @models_app.command()
 def show(ctx: typer.Context, version: Optional[str] = typer.Argument(None, help="Version (default: the alias)."),
          alias: Optional[str] = typer.Option(None, help="Alias to show (default: champion).")) -> None:
     """One version's lineage (snapshot, tokenizer, config, code, Prefect flow run), metrics and source."""
-    from flows.cli import out
-
     client, name = _session(ctx)
     v = _version(client, name, version, alias)
     out.print(f"[bold]{name} version {v.version}[/]  aliases: {', '.join(_aliases(client, name).get(str(v.version), [])) or '-'}"
@@ -93,8 +89,6 @@ def show(ctx: typer.Context, version: Optional[str] = typer.Argument(None, help=
 @models_app.command()
 def promote(ctx: typer.Context, version: str = typer.Argument(..., help="Version to make champion.")) -> None:
     """Make VERSION the champion by hand (bypassing the gate; who and when go into a tag)."""
-    from flows.cli import out
-
     client, name = _session(ctx)
     v = _version(client, name, version, None)
     client.set_registered_model_alias(name, "champion", v.version)
@@ -111,12 +105,10 @@ def generate(ctx: typer.Context, prompt: str = typer.Argument(..., help="A user 
              temperature: float = typer.Option(0.0, help="0 = greedy."),
              seed: int = typer.Option(0, help="Sampling seed.")) -> None:
     """Answer a prompt with a registered model, loaded through mlflow.pyfunc as any user would."""
-    import mlflow.pyfunc
-
-    from flows.cli import out
-    from flows.register import quiet_pyfunc
-
     client, name = _session(ctx)
+    import mlflow.pyfunc  # deferred: after _session prepared MLflow's environment
+
+    from flows.register import quiet_pyfunc
     v = _version(client, name, version, alias)
     with quiet_pyfunc():
         model = mlflow.pyfunc.load_model(f"models:/{name}/{v.version}")

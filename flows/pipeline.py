@@ -21,6 +21,7 @@ from prefect import flow
 from prefect.context import get_run_context
 
 from crawl2model.config import Config
+from crawl2model.layout import DataRoot
 from crawl2model.runtime import prefect_api
 from flows.curate import CurateSummary, run_curate
 from flows.dedup import DedupSummary, run_dedup
@@ -33,8 +34,10 @@ from flows.pretrain import PretrainSummary, run_pretrain
 from flows.progress import heartbeat
 from flows.register import RegisterSummary, run_register
 from flows.rl import run_rl
+from flows.sample import prepare_sample
 from flows.tokenize_corpus import TokenizerSummary, run_tokenizer
 from flows.tracking import Tracking
+from tasks.canaries import make_canaries, plant_canaries
 from warehouse import Warehouse
 
 STAGES = ("curate", "dedup", "pii", "tokenizer", "pretrain", "sft", "dpo", "rl", "eval", "export", "register")
@@ -97,17 +100,12 @@ def pipeline_flow(inputs: list[str] | None, cfg: Config, until: str = AVAILABLE[
     tracking = Tracking(cfg.data_root, cfg.experiment)
     with tracking.run("pipeline", tags={"prefect.flow_run_id": flow_run_id, "until": until}) as parent:
         if not inputs:
-            from flows.sample import prepare_sample
-
             report("sample", None)
             with heartbeat("sample", enabled=show_progress):
                 inputs = [str(prepare_sample(cfg, show_progress=show_progress))]
         if cfg.audit.canaries:  # planted in a copy of the input: the originals stay as they are
-            from flows.evaluate import CANARY_FOLDER
-            from tasks.canaries import make_canaries, plant_canaries
-
             inputs = plant_canaries(list(inputs), make_canaries(cfg.audit.canaries, cfg.audit.canary_seed),
-                                    cfg.data_root / CANARY_FOLDER)
+                                    DataRoot(cfg.data_root).canaries)
         tracking.log_params(parent, {"inputs": inputs, "until": until})
         result = PipelineResult(parent, flow_run_id, list(inputs))
 

@@ -40,7 +40,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -49,9 +49,19 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, TuneConfig, stable_hash
+from crawl2model.layout import DataRoot
+from flows.assistant_data import assistant_sft_rows, knowledge_facts
 from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
+from model.chat_data import pairs_from_warehouse_texts, text_rows
+from model.checkpoint import step_folder
+from model.knowledge import knowledge_scores, preference_pairs, probe, refusal_rows
+from model.posttrain import PosttrainConfig, self_play_pairs
+from model.posttrain import run_dpo as train_dpo, run_sft as train_sft  # run_sft and run_dpo here are the flows
+from model.sampling import load_model_and_tokenizer
 from tasks.token_shards import is_val
+from warehouse import Warehouse
+from warehouse.corpus_queries import corpus_shards, shard_texts
 from warehouse.files import file_sha256
 
 SELF_PLAY_SHARE = 0.2  # of the corpus's train documents: DPO self-play prompts, never SFT pairs
@@ -76,21 +86,9 @@ def _meta(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / "meta.json").read_text())
 
 
-def newest_of_stage(root: Path, stage: str) -> Path:
-    """The newest finished checkpoint a stage wrote ("pretrain" checkpoints carry no "kind")."""
-    found = [p for p in (Path(root) / "checkpoints").glob("*/step-*")
-             if (p / "meta.json").exists() and _meta(p).get("kind", "pretrain") == stage]
-    if not found:
-        raise FileNotFoundError(f"no {stage} checkpoint under {Path(root) / 'checkpoints'}: run "
-                                f"`crawl2model {'train' if stage == 'pretrain' else stage}` first, or give --base")
-    return max(found, key=lambda p: (p / "meta.json").stat().st_mtime)
-
-
 def corpus_documents(cfg: Config, base: Path, self_play: bool) -> list[tuple[str, str]]:
     """(title, text) of the base's pretraining corpus, train split only: the SFT part, or the
     SELF_PLAY_SHARE kept for self-play."""
-    from warehouse import Warehouse
-    from warehouse.corpus_queries import corpus_shards, shard_texts
 
     manifest = _meta(base).get("train", {}).get("manifest")
     snapshot = json.loads(Path(manifest).read_text()).get("snapshot") if manifest and Path(manifest).exists() else None
@@ -118,7 +116,6 @@ def corpus_sft_data(cfg: Config, base: Path) -> Path:
     """SFT rows made from the corpus, as posttrain/sft-corpus-<sha>.jsonl (same corpus, same file):
     `sft.max_examples` chat pairs, then `sft.text_rows` plain-text pieces of other documents (replay
     of the pretraining text, so tuning does not wear the language model down)."""
-    from model.chat_data import pairs_from_warehouse_texts, text_rows
 
     documents = corpus_documents(cfg, base, self_play=False)
     rows = pairs_from_warehouse_texts(documents, seed=cfg.sft.seed, limit=cfg.sft.max_examples)
@@ -129,7 +126,7 @@ def corpus_sft_data(cfg: Config, base: Path) -> Path:
     if not rows:
         raise ValueError("the corpus has no document long enough to make SFT pairs from: give sft.data")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
-    path = cfg.data_root / "posttrain" / f"sft-corpus-{digest}.jsonl"
+    path = DataRoot(cfg.data_root).posttrain_data / f"sft-corpus-{digest}.jsonl"
     get_run_logger().info("sft: %d pairs made from the corpus -> %s", len(rows), path)
     return path if path.exists() else _write_jsonl(path.parent, path.name, rows)
 
@@ -138,13 +135,12 @@ def corpus_sft_data(cfg: Config, base: Path) -> Path:
 def assistant_data(cfg: Config, refusal_pass: bool = False) -> Path | None:
     """flows.assistant_data's SFT rows (of the first pass, or of the "I don't know" pass) as
     posttrain/sft-assistant-<sha>.jsonl (None when all are off)."""
-    from flows.assistant_data import assistant_sft_rows
 
     rows = assistant_sft_rows(cfg, refusal_pass)
     if not rows:
         return None
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
-    path = cfg.data_root / "posttrain" / f"sft-assistant-{digest}.jsonl"
+    path = DataRoot(cfg.data_root).posttrain_data / f"sft-assistant-{digest}.jsonl"
     get_run_logger().info("sft: %d assistant rows (answer format, facts, identity) -> %s", len(rows), path)
     return path if path.exists() else _write_jsonl(path.parent, path.name, rows)
 
@@ -154,9 +150,6 @@ def refusal_data(cfg: Config, checkpoint: Path) -> tuple[Path, dict]:
     """Probe the SFT model on the probe split of the facts (several samples each); wrong or
     inconsistent answers become "I don't know" rows, right ones keep their answer. Returns the rows'
     file (posttrain/sft-idk-<id>.jsonl) and the counts."""
-    from flows.assistant_data import knowledge_facts
-    from model.knowledge import probe, refusal_rows
-    from model.sampling import load_model_and_tokenizer
 
     k = cfg.knowledge
     model, tokenizer = load_model_and_tokenizer(checkpoint)
@@ -168,15 +161,11 @@ def refusal_data(cfg: Config, checkpoint: Path) -> tuple[Path, dict]:
               "refusals": sum(not p["known"] for p in probed)}
     get_run_logger().info("sft: probed %d questions, %d known, %d taught to refuse", counts["probed"], counts["known"],
                           counts["refusals"])
-    return _write_jsonl(cfg.data_root / "posttrain", f"sft-idk-{key}.jsonl", rows), counts
+    return _write_jsonl(DataRoot(cfg.data_root).posttrain_data, f"sft-idk-{key}.jsonl", rows), counts
 
 
 def knowledge_metrics(cfg: Config, checkpoint: Path) -> dict:
     """model.knowledge's scores of a checkpoint on the eval split of the facts (never probed)."""
-    from flows.assistant_data import knowledge_facts
-    from model.knowledge import knowledge_scores
-    from model.sampling import load_model_and_tokenizer
-
     model, tokenizer = load_model_and_tokenizer(checkpoint)
     return knowledge_scores(model, tokenizer, [f for f in knowledge_facts(cfg) if f.split == "eval"])
 
@@ -186,14 +175,11 @@ def knowledge_pair_data(cfg: Config, base: Path) -> Path:
     """DPO rows from the SFT model's own replies to the probe split of the facts (model.knowledge.
     preference_pairs), made once per (SFT checkpoint, settings) as posttrain/dpo-knowledge-<id>.jsonl.
     The eval split is never asked, so the eval stage's fact scores stay held out."""
-    from flows.assistant_data import knowledge_facts
-    from model.knowledge import preference_pairs
-    from model.sampling import load_model_and_tokenizer
 
     d, k = cfg.dpo, cfg.knowledge
     key = stable_hash([str(Path(base).resolve()), d.pair_samples, d.pair_temperature, d.seed,
                        k.model_dump(mode="json")])[:12]
-    path = cfg.data_root / "posttrain" / f"dpo-knowledge-{key}.jsonl"
+    path = DataRoot(cfg.data_root).posttrain_data / f"dpo-knowledge-{key}.jsonl"
     if path.exists():
         return path
     model, tokenizer = load_model_and_tokenizer(base)
@@ -215,11 +201,9 @@ def self_play_data(cfg: Config, base: Path) -> Path:
     d = cfg.dpo
     key = stable_hash([str(Path(base).resolve()), d.self_play_pairs, d.self_play_tokens, d.seed,
                        cfg.tokenizer.val_fraction, SELF_PLAY_SHARE])[:12]
-    path = cfg.data_root / "posttrain" / f"dpo-self-play-{key}.jsonl"
+    path = DataRoot(cfg.data_root).posttrain_data / f"dpo-self-play-{key}.jsonl"
     if path.exists():
         return path
-    from model.posttrain import self_play_pairs
-    from model.sampling import load_model_and_tokenizer
 
     logger = get_run_logger()
     model, tokenizer = load_model_and_tokenizer(base)
@@ -304,19 +288,14 @@ def samples_table(prompts: list[str], before: list[str], after: list[str]) -> st
 
 
 def posttrain_config(stage: str, tune: TuneConfig, base: Path, data: Path | list[Path], out: Path):
-    from model.posttrain import PosttrainConfig
-
-    known = {f.name for f in fields(PosttrainConfig)}  # the stage's own keys (data making) stay here
-    values = {k: v for k, v in tune.model_dump(mode="json").items() if k in known}
-    return PosttrainConfig.from_dict({**values, "kind": stage, "base": str(base),
+    """The stage's section whole (its data-making keys stay here), and what the stage sets."""
+    return PosttrainConfig.from_dict({**tune.trainer_values(), "kind": stage, "base": str(base),
                                        "data": [str(d) for d in data] if isinstance(data, list) else str(data), "out": str(out)})
 
 
 def _train(stage: str, settings, stream: MetricStream) -> dict:
     """Train in this process (model.posttrain), every metric line streamed to MLflow."""
-    from model.posttrain import run_dpo, run_sft
-
-    return (run_sft if stage == "sft" else run_dpo)(settings, log=stream)
+    return (train_sft if stage == "sft" else train_dpo)(settings, log=stream)
 
 
 TRAIN_TASKS = {stage: task(name=stage, cache_policy=NONE)(_train) for stage in ("sft", "dpo")}  # Prefect tasks sft, dpo
@@ -325,7 +304,7 @@ TRAIN_TASKS = {stage: task(name=stage, cache_policy=NONE)(_train) for stage in (
 def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None) -> TuneSummary:
     logger = get_run_logger()
     tune: TuneConfig = getattr(cfg, stage)
-    base = Path(base) if base else newest_of_stage(cfg.data_root, "pretrain" if stage == "sft" else "sft")
+    base = Path(base) if base else DataRoot(cfg.data_root).newest_of_stage("pretrain" if stage == "sft" else "sft")
     if tune.data is not None:
         data = Path(tune.data)
         if not data.is_file():
@@ -340,10 +319,10 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
     probing = stage == "sft" and refusal_pass(cfg)
     key = stable_hash([str(base.resolve()), [file_sha256(f) for f in files], tune.fingerprint(), settings.lr,
                        [cfg.knowledge.model_dump(mode="json"), REFUSAL_PASS_DATA] if probing else None])
-    out = cfg.data_root / "checkpoints" / f"{stage}-{key[:12]}"
+    out = DataRoot(cfg.data_root).checkpoint_run(stage, key)
     settings.out = str(out)
-    done = out / "summary.json"
-    if done.exists():
+    done = DataRoot.done(out)
+    if done:
         summary = TuneSummary(**{**json.loads(done.read_text()), "no_op": True})
         for key in ("base", "checkpoint", "data"):
             setattr(summary, key, Path(getattr(summary, key)))
@@ -361,7 +340,7 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
             stream = MetricStream(stage, tracking, run_id, tune.max_steps, out, advance)
             started = time.perf_counter()
             TRAIN_TASKS[stage](stage, settings, stream)
-            final = out / f"step-{tune.max_steps:06d}"
+            final = step_folder(out, tune.max_steps)
             if probing:
                 final = teach_refusals(cfg, settings, final, stream, tracking, run_id)
         seconds = time.perf_counter() - started
@@ -409,7 +388,7 @@ def teach_refusals(cfg: Config, settings, first: Path, stream: MetricStream, tra
     second.lr = cfg.knowledge.second_pass_lr or settings.lr
     stream.offset = settings.max_steps
     TRAIN_TASKS["sft"]("sft", second, stream)
-    final = Path(second.out) / f"step-{second.max_steps:06d}"
+    final = step_folder(Path(second.out), second.max_steps)
     scores = {f"sft/knowledge/{when}/{k}": v for when, checkpoint in (("before", first), ("after", final))
               for k, v in knowledge_metrics(cfg, checkpoint).items()}
     tracking.log_metrics(run_id, {**{f"sft/probe/{k}": v for k, v in counts.items()}, **scores})

@@ -34,11 +34,12 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
+from crawl2model.layout import DataRoot
 from flows.progress import progress_bar
-from flows.tokenize_corpus import latest
 from flows.tracking import Tracking, flatten
-from tasks.bpe import load_tokenizer
-from tasks.token_shards import ShardSet
+from model.checkpoint import step_folder
+from model.shards import ShardSet
+from model.tokenizer import load_tokenizer
 from warehouse.files import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,16 +77,9 @@ def cached_unigram_val_loss(out: Path, shard_set: ShardSet) -> float:
     return value
 
 
-def _train_settings(cfg: Config, manifest: Path, out: Path, tokenizer) -> dict:
-    p = cfg.pretrain
-    return {
-        "manifest": str(manifest), "out": str(out), "preset": p.preset, "max_steps": p.max_steps,
-        "micro_batch": p.micro_batch, "tokens_per_step": p.tokens_per_step, "seq_len": p.seq_len, "lr": p.lr,
-        "warmup_steps": p.warmup_steps, "schedule": p.schedule, "weight_decay": p.weight_decay,
-        "eval_every": p.eval_every, "eval_batches": p.eval_batches, "checkpoint_every": p.checkpoint_every,
-        "seed": p.seed, "device": p.device,
-        "sample_prompts": [tokenizer.encode(prompt).ids for prompt in p.sample_prompts],
-    }
+def _train_settings(cfg: Config, manifest: Path, out: Path) -> dict:
+    """The `pretrain` section whole, and where to read and write (model.settings.TrainConfig)."""
+    return {**cfg.pretrain.trainer_values(), "manifest": str(manifest), "out": str(out)}
 
 
 def _command(settings: dict, nproc: int) -> list[str]:
@@ -98,7 +92,7 @@ def _command(settings: dict, nproc: int) -> list[str]:
 
 def loss_curve(history: list[dict], baseline: float):
     """Train and val loss per step against the unigram baseline (a matplotlib figure)."""
-    import matplotlib
+    import matplotlib  # deferred: ~1 s, and only where a figure is drawn (headless: Agg first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,19 +164,19 @@ def train_task(settings: dict, nproc: int, max_steps: int, tracking: Tracking, r
 def pretrain_flow(cfg: Config, manifest: Path | None = None, parent_run_id: str | None = None) -> PretrainSummary:
     logger = get_run_logger()
     root = cfg.data_root
-    manifest = Path(manifest) if manifest else latest(root, "shards") / "manifest.json"
+    manifest = Path(manifest) if manifest else DataRoot(root).latest("shards") / "manifest.json"
     shard_set = ShardSet.open(manifest)
     tokenizer_path = Path(shard_set.manifest["tokenizer"])
     tokenizer = load_tokenizer(tokenizer_path.parent)
-    out = root / "checkpoints" / stable_hash([file_sha256(manifest), cfg.pretrain.fingerprint()])[:12]
+    out = DataRoot(root).checkpoint_run("pretrain", stable_hash([file_sha256(manifest), cfg.pretrain.fingerprint()]))
     baseline = cached_unigram_val_loss(out, shard_set)
-    final = out / f"step-{cfg.pretrain.max_steps:06d}"
+    final = step_folder(out, cfg.pretrain.max_steps)
     if (final / "meta.json").exists():
         meta = json.loads((final / "meta.json").read_text())
         logger.info("pretrain: nothing new, %s is done", final)
         return PretrainSummary(final, True, meta.get("metrics", {}), baseline)
 
-    settings = _train_settings(cfg, manifest, out, tokenizer)
+    settings = _train_settings(cfg, manifest, out)
     tracking = Tracking(root, cfg.experiment)
     with tracking.run("pretrain", parent_run_id, tags={
             "prefect.flow_run_id": str(get_run_context().flow_run.id), "stage": "pretrain",

@@ -6,9 +6,9 @@
     from flows.register import run_register       # environment prepared first
     summary = run_register(cfg, checkpoint, eval_summary, export_summary)
 
-The registered model (`registry.model_name`, default "crawl2model") is a pyfunc (model.serving:
-prompts in, replies out) logged with explicit pip requirements and crawl2model's `model/` and
-`tasks/` code, so `mlflow.pyfunc.load_model("models:/crawl2model@champion")` works in a fresh
+The registered model (`registry.model_name`, default "crawl2model") is a pyfunc logged from code
+(flows/pyfunc_model.py: prompts in, replies out; no pickle) with explicit pip requirements and
+crawl2model's `model/` code, so `mlflow.pyfunc.load_model("models:/crawl2model@champion")` works in a fresh
 Python. Artifacts: the checkpoint with its tokenizer, the eval set, and the exported files (GGUF
 with Modelfiles, the variant table). Version tags: snapshot, tokenizer_sha256, config_hash,
 code_version, prefect_flow_run_id, checkpoint, checkpoint_sha256, funnel, the eval metrics. Description:
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -35,18 +36,26 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
-from crawl2model.config import Config
+from crawl2model.config import Config, stable_hash
 from flows.evaluate import lineage as checkpoint_chain
 from flows.model_card import CardFacts, fit, model_card
+from flows.pyfunc_model import DEFAULT_PARAMS, silenced_warnings
 from flows.tracking import Tracking
 from model.config import ModelConfig
+from model.evaluation import suite
+from model.hf import tokenizer_folder
+from warehouse import Warehouse
 from warehouse.files import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as the model's code (no pickle)
 SERVING_REQUIREMENTS = ("torch", "tokenizers", "safetensors", "numpy", "mlflow")
 
 
@@ -75,8 +84,6 @@ def code_version() -> str:
 
 def training_data(cfg: Config, checkpoint: Path) -> tuple[dict, dict, list[dict]]:
     """The checkpoint's meta.json, its token shards' manifest and its snapshot's funnel (empty when unknown)."""
-    from warehouse import Warehouse
-
     meta = json.loads((checkpoint / "meta.json").read_text())
     manifest_path = meta.get("train", {}).get("manifest")
     manifest = json.loads(Path(manifest_path).read_text()) if manifest_path and Path(manifest_path).exists() else {}
@@ -89,8 +96,6 @@ def training_data(cfg: Config, checkpoint: Path) -> tuple[dict, dict, list[dict]
 
 def lineage(cfg: Config, checkpoint: Path, manifest: dict, funnel: list[dict]) -> dict[str, str]:
     """Where the model came from: data snapshot and funnel, tokenizer, config, code."""
-    from crawl2model.config import stable_hash
-
     tags = {"snapshot": manifest.get("snapshot", ""), "tokenizer_sha256": manifest.get("tokenizer_sha256", ""),
             "config_hash": stable_hash(cfg.model_dump(mode="json", exclude={"data_root"}))[:16],
             "code_version": code_version(), "checkpoint": str(checkpoint),
@@ -173,10 +178,8 @@ def registered_version(client, name: str, checkpoint_sha: str):
 
 @contextmanager
 def quiet_pyfunc():
-    """MLflow warns at every pyfunc log that the model is pickled (by reference here: its code
-    ships in code_paths) and that predict has no type hints (they would drop the params schema)."""
-    from model.serving import silenced_warnings
-
+    """MLflow warns at a pyfunc log that predict has no type hints (they would drop the params
+    schema) and, for a pickled model (tests log some), that it is pickled."""
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -187,20 +190,28 @@ def quiet_pyfunc():
         logger.setLevel(level)
 
 
+def package_checkpoint(checkpoint: Path, dest: Path) -> Path:
+    """A self-contained copy of a checkpoint for serving: weights, meta.json (tokenizer made
+    relative) and the tokenizer folder; no optimizer state."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint / "model.safetensors", dest / "model.safetensors")
+    shutil.copytree(tokenizer_folder(checkpoint), dest / "tokenizer", dirs_exist_ok=True)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["tokenizer"] = "tokenizer"  # relative to the folder, wherever MLflow puts it
+    meta["packaged_from"] = str(checkpoint.resolve())
+    (dest / "meta.json").write_text(json.dumps(meta, indent=1))
+    return dest
+
+
 @task(name="log-model", cache_policy=NONE)
 def log_model(cfg: Config, run_id: str, checkpoint: Path, eval_set: Path, exports: Path | None) -> str:
     """Log the pyfunc model and its files in run `run_id`, register it; returns the version."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from model.serving import DEFAULT_PARAMS, ChatModel, package_checkpoint
-
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), quiet_pyfunc():
         folder = package_checkpoint(checkpoint, Path(tmp) / "checkpoint")
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=ChatModel(), artifacts={"checkpoint": str(folder), "eval_set": str(eval_set)},
+            name="model", python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(folder), "eval_set": str(eval_set)},
             signature=infer_signature(["a prompt"], ["a reply"], params=DEFAULT_PARAMS),
-            code_paths=[str(REPO / "model"), str(REPO / "tasks")],
+            code_paths=[str(REPO / "model")],
             pip_requirements=[f"{p}=={version(p)}" for p in SERVING_REQUIREMENTS],
             registered_model_name=cfg.registry.model_name, await_registration_for=60)
         if exports is not None:
@@ -212,8 +223,6 @@ def log_model(cfg: Config, run_id: str, checkpoint: Path, eval_set: Path, export
 
 def registered_checkpoint(name: str, version: str, dest: Path) -> Path:
     """The checkpoint folder (weights, meta.json, tokenizer) of a registered version, downloaded into dest."""
-    import mlflow
-
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dest))
     return Path(local) / "artifacts" / "checkpoint"
 
@@ -221,10 +230,6 @@ def registered_checkpoint(name: str, version: str, dest: Path) -> Path:
 @task(name="gate", cache_policy=NONE)
 def score_champion(client, name: str, eval_set: dict) -> tuple[dict, str | None]:
     """The champion's metrics on the candidate's eval set, and its version (({}, None) if none)."""
-    from mlflow.exceptions import MlflowException
-
-    from model.evaluation import suite
-
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:

@@ -21,7 +21,7 @@ def funnel_markdown(funnel: list[dict], reasons: list[dict] | None = None) -> st
 
 def funnel_chart(funnel: list[dict], title: str):
     """Horizontal bars per stage: kept, dropped and quarantined documents."""
-    import matplotlib
+    import matplotlib  # deferred: ~1 s, and only where a figure is drawn (headless: Agg first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -44,7 +44,7 @@ def funnel_chart(funnel: list[dict], title: str):
 
 def cluster_size_chart(sizes: dict, title: str):
     """Bars: how many dedup clusters have each size (2 or more documents)."""
-    import matplotlib
+    import matplotlib  # deferred: ~1 s, and only where a figure is drawn (headless: Agg first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -33,17 +33,21 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
+from crawl2model.layout import DataRoot
 from flows.assistant_data import USER_PROBLEMS_HELD_OUT, problem_split
 from flows.evaluate import lineage
-from flows.posttrain import MetricStream, TuneSummary, _write_jsonl, newest_of_stage, samples_table
+from flows.posttrain import MetricStream, TuneSummary, _write_jsonl, samples_table
 from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
+from model.checkpoint import step_folder
+from model.grpo import RlConfig, run_rl as run_grpo  # run_rl here is the flow
+from model.posttrain import data_files
 from warehouse.files import file_sha256
 
 
 def accuracy_curve(history: list[dict]):
     """Held-out accuracy by step (a matplotlib figure)."""
-    import matplotlib
+    import matplotlib  # deferred: ~1 s, and only where a figure is drawn (headless: Agg first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -62,43 +66,38 @@ def accuracy_curve(history: list[dict]):
 
 def sft_data_of(checkpoint: Path) -> list[str]:
     """The data files the SFT model in `checkpoint`'s lineage was tuned on (its last pass); [] when none."""
-    from model.posttrain import data_files  # deferred: torch
-
     sft = lineage(checkpoint).get("sft")
     data = json.loads((sft / "meta.json").read_text()).get("posttrain", {}).get("data", []) if sft else []
     return [f for f in data_files(data) if Path(f).is_file()]
 
 
 def rl_settings(cfg: Config, base: Path, out: Path):
-    from model.grpo import RlConfig
-
-    values = cfg.rl.model_dump(mode="json", exclude={"warmup_rows"})
+    """The `rl` section whole, and what the stage sets: paths, the SFT data to replay, the eval
+    stage's share of the user's problems, two held-out prompts answered before and after."""
     samples = [p.prompt for p in problem_split(cfg, "heldout", 2)]  # replies before and after, side by side
-    return RlConfig.from_dict({**values, "base": str(base), "out": str(out), "replay_data": sft_data_of(base),
-                               "data": str(cfg.rl.data) if cfg.rl.data else None,
-                               "held_out_fraction": USER_PROBLEMS_HELD_OUT, "sample_prompts": samples})
+    return RlConfig.from_dict({**cfg.rl.trainer_values(), "base": str(base), "out": str(out),
+                               "replay_data": sft_data_of(base), "held_out_fraction": USER_PROBLEMS_HELD_OUT,
+                               "sample_prompts": samples})
 
 
 @task(name="grpo", cache_policy=NONE)
 def grpo(settings, stream: MetricStream) -> dict:
     """GRPO in this process, every metric line streamed to MLflow."""
-    from model.grpo import run_rl
-
-    return run_rl(settings, log=stream)
+    return run_grpo(settings, log=stream)
 
 
 @flow(name="rl", log_prints=False)
 def rl_flow(cfg: Config, base: Path | None = None, parent_run_id: str | None = None) -> TuneSummary:
     logger = get_run_logger()
-    base = Path(base) if base else newest_of_stage(cfg.data_root, "dpo")
+    base = Path(base) if base else DataRoot(cfg.data_root).newest_of_stage("dpo")
     if cfg.rl.max_steps == 0:
         logger.info("rl: rl.max_steps=0, skipped; %s goes on", base)
         return TuneSummary("rl", base, base, Path(), True, {}, {}, {})
     data_sha = file_sha256(cfg.rl.data) if cfg.rl.data else None
     key = stable_hash([str(base.resolve()), cfg.rl.fingerprint(), data_sha])
-    out = cfg.data_root / "checkpoints" / f"rl-{key[:12]}"
-    done = out / "summary.json"
-    if done.exists():
+    out = DataRoot(cfg.data_root).checkpoint_run("rl", key)
+    done = DataRoot.done(out)
+    if done:
         record = json.loads(done.read_text())
         summary = TuneSummary(**{**record, "no_op": True})
         for field in ("base", "checkpoint", "data"):
@@ -120,7 +119,7 @@ def rl_flow(cfg: Config, base: Path | None = None, parent_run_id: str | None = N
         first, before = stream.step_zero()
         after = stream.replies.get(cfg.rl.max_steps, [])
         prompts = list(settings.sample_prompts)
-        summary = TuneSummary("rl", base, out / f"step-{cfg.rl.max_steps:06d}", Path(cfg.rl.data or ""), False,
+        summary = TuneSummary("rl", base, step_folder(out, cfg.rl.max_steps), Path(cfg.rl.data or ""), False,
                               stream.counts, first, stream.after,
                               [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after)],
                               seconds, run_id)

@@ -23,6 +23,7 @@ from prefect.cache_policies import NONE
 from rich.console import Console
 
 from crawl2model.config import Config
+from crawl2model.layout import DataRoot
 from flows.progress import progress_bar
 from tasks.crawl import cached_crawl, load_or_crawl, read_url_list
 from tasks.sample_site import build_site, page_urls, serve_site
@@ -30,9 +31,9 @@ from tasks.sample_site import build_site, page_urls, serve_site
 
 @task(name="bundled-sample", cache_policy=NONE)
 def prepare_sample(cfg: Config, show_progress: bool = True) -> Path:
-    home = cfg.data_root / "sample"
+    home = DataRoot(cfg.data_root).sample
     urls_file = home / "urls.txt"
-    if urls_file.exists() and cached_crawl(read_url_list(urls_file), cfg.data_root / "crawl", cfg.curate.crawl):
+    if urls_file.exists() and cached_crawl(read_url_list(urls_file), DataRoot(cfg.data_root).crawl_cache, cfg.curate.crawl):
         return urls_file
     building = "building the bundled sample from installed packages' docstrings"
     with Console(stderr=True).status(building) if show_progress else nullcontext():
@@ -54,5 +55,5 @@ def prepare_sample(cfg: Config, show_progress: bool = True) -> Path:
                 advance(n - done[0])
                 done[0] = n
 
-            load_or_crawl(urls, cfg.data_root / "crawl", crawl_cfg, progress)
+            load_or_crawl(urls, DataRoot(cfg.data_root).crawl_cache, crawl_cfg, progress)
     return urls_file

@@ -34,6 +34,7 @@ from prefect import flow, get_run_logger
 
 from crawl2model.config import Config, load_config
 from crawl2model.runtime import prepare_environment
+from warehouse import Warehouse
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")  # as tasks.ingest (ARC: rejected, with its reason)
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
@@ -69,8 +70,6 @@ def drop_inputs(drop_folder: Path) -> tuple[list[str], list[str]]:
 
 def newest_inputs(cfg: Config) -> list[str] | None:
     """The inputs of the warehouse's newest snapshot; None (the bundled sample) when it has none."""
-    from warehouse import Warehouse
-
     if not (cfg.data_root / "warehouse.duckdb").exists():
         return None
     with Warehouse.open(cfg.data_root, read_only=True) as wh:
@@ -109,7 +108,7 @@ def nightly_curate(drop_folder: str, data_root: str | None = None, overrides: li
     if not inputs:
         logger.info("drop folder %s holds no WARC or HTML files: nothing to curate", drop_folder)
         return None
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import pipeline_flow  # deferred: a deployment imports this module before it prepares the environment
 
     logger.info("curating %d input(s) from %s into %s, until %s", len(inputs), drop_folder, cfg.data_root,
                 NIGHTLY_UNTIL)
@@ -126,7 +125,7 @@ def weekly_train_and_promote(data_root: str | None = None, overrides: list[str] 
     warehouse holds: its newest snapshot's inputs, or the bundled sample when it is empty."""
     cfg = _config(data_root, overrides)
     logger = get_run_logger()
-    from flows.pipeline import AVAILABLE, pipeline_flow
+    from flows.pipeline import AVAILABLE, pipeline_flow  # deferred: as in nightly_curate
 
     inputs = newest_inputs(cfg)
     logger.info("training on %s in %s, until %s", f"{len(inputs)} input(s) of the newest snapshot" if inputs

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from crawl2model.layout import DataRoot
+
 STOP_GRACE_S = 10.0
 
 # What the clients read (MLflow's REST client, Prefect's settings); subprocesses inherit them.
@@ -131,10 +133,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def write_mlflow_auth_config(root: Path) -> Path:
     """The basic-auth app's config for this data root: its user store and defaults, no secret
     (the admin's name and password come from the environment at the first start)."""
-    store = root / "mlflow-auth.db"  # password hashes: for this user only (SQLite keeps the mode of a file it finds)
+    store = DataRoot(root).mlflow_auth_db  # password hashes: for this user only (SQLite keeps the mode of a file it finds)
     os.close(os.open(store, os.O_CREAT | os.O_WRONLY, 0o600))
     store.chmod(0o600)
-    path = root / "mlflow-auth.ini"
+    path = DataRoot(root).mlflow_auth_config
     path.write_text(
         "# Written by crawl2model (flows/servers.py) for `mlflow server --app-name basic-auth`; no secrets here.\n"
         "[mlflow]\n"
@@ -159,7 +161,7 @@ def _server_env(root: Path, prefect_url: str, name: str = "", auth: Credentials 
         # the auth app's CSRF key (its sign-up form only): the user's if set, else one per start
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))
     env.update({
-        "PREFECT_HOME": str(root / "prefect"),  # the embedded runs' database: <root>/prefect/prefect.db
+        "PREFECT_HOME": str(DataRoot(root).prefect_home),  # the embedded runs' database: <root>/prefect/prefect.db
         "PREFECT_API_URL": prefect_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": prefect_url,
@@ -176,9 +178,9 @@ def _commands(root: Path, prefect_port: int, mlflow_port: int, auth: bool = Fals
     return {
         "prefect": [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
         "mlflow": [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                   "--default-artifact-root", str(root / "mlartifacts"),
-                   "--artifacts-destination", str(root / "mlartifacts"), *app],  # else ./mlartifacts of the cwd
+                   "--backend-store-uri", f"sqlite:///{DataRoot(root).mlflow_db}",
+                   "--default-artifact-root", str(DataRoot(root).mlflow_artifacts),
+                   "--artifacts-destination", str(DataRoot(root).mlflow_artifacts), *app],  # else ./mlartifacts of the cwd
     }
 
 
@@ -290,9 +292,9 @@ def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
         raise ServerError(f"Prefect and MLflow need two ports, both were given {prefect_port}")
     if auth is not None and importlib.util.find_spec("flask_wtf") is None:  # else it says so only in its log
         raise ServerError("MLflow's basic-auth app needs Flask-WTF: pip install 'crawl2model[auth]'")
-    (root / "prefect").mkdir(parents=True, exist_ok=True)
-    (root / "mlartifacts").mkdir(parents=True, exist_ok=True)
-    log_dir = root / "logs"
+    DataRoot(root).prefect_home.mkdir(parents=True, exist_ok=True)
+    DataRoot(root).mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    log_dir = DataRoot(root).server_logs
     log_dir.mkdir(parents=True, exist_ok=True)
 
     prefect_url = f"http://127.0.0.1:{prefect_port}"

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.client.orchestration import get_client
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
+from prefect.states import Crashed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from crawl2model.config import Config, DedupConfig, PiiConfig
@@ -119,9 +121,6 @@ def _finished_ok(future, timeout: float = 30.0) -> bool:
 def _mark_crashed(futures, message: str) -> None:
     """Task runs that a dead worker left RUNNING (or PENDING) become CRASHED in Prefect, so the UI
     does not show them running forever; best effort (the stage goes on whatever happens here)."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
-
     try:
         with get_client(sync_client=True) as client:
             for future in futures:

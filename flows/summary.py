@@ -9,7 +9,10 @@ MLflow parent run and as the Prefect artifact `crawl2model-summary` of the flow 
 
 from __future__ import annotations
 
+from prefect.artifacts import create_markdown_artifact
+
 from flows.report import funnel_markdown
+from warehouse import Warehouse
 
 
 def _stage_rows(result) -> list[str]:
@@ -61,10 +64,6 @@ def summary_markdown(result, funnel: list[dict]) -> str:
 
 
 def publish_summary(result, cfg, tracking) -> str:
-    from prefect.artifacts import create_markdown_artifact
-
-    from warehouse import Warehouse
-
     funnel = []
     if result.curate and (cfg.data_root / "warehouse.duckdb").exists():
         with Warehouse.open(cfg.data_root, read_only=True) as wh:

@@ -28,18 +28,13 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
+from crawl2model.layout import DataRoot
 from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
-from tasks.bpe import (
-    EOT,
-    bytes_per_token,
-    load_tokenizer,
-    longest_merges,
-    plain_text_encoder,
-    save_tokenizer,
-    train_tokenizer,
-)
-from tasks.token_shards import ShardSet, assemble, encode_part, is_val, open_shard, write_manifest
+from model.shards import ShardSet, open_shard
+from model.tokenizer import EOT, load_tokenizer, plain_text_encoder, save_tokenizer
+from tasks.bpe import bytes_per_token, longest_merges, train_tokenizer
+from tasks.token_shards import assemble, encode_part, is_val, write_manifest
 from warehouse import Warehouse
 from warehouse.corpus_queries import corpus_shards, corpus_stamp, shard_texts
 from warehouse.files import file_sha256
@@ -60,22 +55,6 @@ class TokenizerSummary:
     @property
     def no_op(self) -> bool:
         return not (self.trained or self.encoded)
-
-
-def latest(root: Path, kind: str) -> Path:
-    """The newest tokenizer folder or shard folder (`kind`: tokenizer, shards)."""
-    pointer = Path(root) / kind / "latest"
-    if not pointer.exists():
-        raise FileNotFoundError(f"no {kind} yet under {root}: run `crawl2model tokenizer train` "
-                                f"(or `crawl2model run --until tokenizer`) first")
-    return Path(root) / kind / pointer.read_text().strip()
-
-
-def _point(root: Path, kind: str, folder: Path) -> None:
-    pointer = root / kind / "latest"
-    tmp = pointer.with_name("latest.tmp")
-    tmp.write_text(folder.name)
-    tmp.replace(pointer)
 
 
 def _train_batches(wh: Warehouse, snapshot: str, shards: list[str], cfg: Config):
@@ -126,25 +105,25 @@ def vocab_used(shard_paths: list[Path], vocab_size: int) -> int:
 def tokenizer_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str | None = None,
                    show_progress: bool = True, encode: bool = True) -> TokenizerSummary:
     logger = get_run_logger()
-    root, tcfg = cfg.data_root, cfg.tokenizer
-    with Warehouse.open(root, read_only=True) as wh:
+    root, tcfg = DataRoot(cfg.data_root), cfg.tokenizer
+    with Warehouse.open(cfg.data_root, read_only=True) as wh:
         snapshot = wh.resolve_snapshot(snapshot)
         wh.require_complete(snapshot)
         stamp = corpus_stamp(wh.con, snapshot)
         shards = corpus_shards(wh.con, snapshot)
-        tok_dir = root / "tokenizer" / stable_hash([stamp, tcfg.train_fingerprint()])[:12]
+        tok_dir = root.folder("tokenizer", stable_hash([stamp, tcfg.train_fingerprint()])[:12])
         must_train = not (tok_dir / "tokenizer.json").exists()
         out_dir = None if must_train else _shard_dir(root, tok_dir, stamp, tcfg)
         must_encode = encode and (must_train or not (out_dir / "manifest.json").exists())
         if not (must_train or must_encode):
             logger.info("tokenizer of %s: nothing new (%s, %s)", snapshot, tok_dir, out_dir)
-            _point(root, "tokenizer", tok_dir)
+            root.point_latest("tokenizer", tok_dir)
             if encode:
-                _point(root, "shards", out_dir)
+                root.point_latest("shards", out_dir)
             manifest = json.loads((out_dir / "manifest.json").read_text()) if encode else {}
             return TokenizerSummary(snapshot, tok_dir, out_dir / "manifest.json" if out_dir else None, False, False,
                                     manifest.get("metrics", {}))
-        tracking = Tracking(root, cfg.experiment)
+        tracking = Tracking(cfg.data_root, cfg.experiment)
         with tracking.run("tokenizer", parent_run_id, tags={
                 "prefect.flow_run_id": str(get_run_context().flow_run.id), "snapshot": snapshot, "stage": "tokenizer"}
                 ) as run_id:
@@ -158,21 +137,21 @@ def tokenizer_flow(cfg: Config, snapshot: str | None = None, parent_run_id: str 
                 save_tokenizer(tokenizer, tok_dir, tcfg.model_max_length)
                 logger.info("tokenizer trained in %.1f s: %s", metrics["tokenizer/train_seconds"], tok_dir)
             tokenizer = load_tokenizer(tok_dir)
-            _point(root, "tokenizer", tok_dir)
+            root.point_latest("tokenizer", tok_dir)
             tracking.log_files(run_id, sorted(tok_dir.glob("*.json")), "tokenizer")
             tracking.log_text(run_id, _merges_markdown(longest_merges(tokenizer)), "tokenizer/longest_merges.md")
             manifest_path = None
             if encode:
                 out_dir = _shard_dir(root, tok_dir, stamp, tcfg)
                 manifest_path = _encode(wh, snapshot, shards, tokenizer, tok_dir, out_dir, stamp, cfg, show_progress)
-                _point(root, "shards", out_dir)
+                root.point_latest("shards", out_dir)
                 metrics.update(json.loads(manifest_path.read_text())["metrics"])
             tracking.log_metrics(run_id, metrics)
     return TokenizerSummary(snapshot, tok_dir, manifest_path, must_train, must_encode, metrics, run_id)
 
 
-def _shard_dir(root: Path, tok_dir: Path, stamp: list, tcfg) -> Path:
-    return root / "shards" / stable_hash([file_sha256(tok_dir / "tokenizer.json"), stamp, tcfg.shard_fingerprint()])[:12]
+def _shard_dir(root: DataRoot, tok_dir: Path, stamp: list, tcfg) -> Path:
+    return root.folder("shards", stable_hash([file_sha256(tok_dir / "tokenizer.json"), stamp, tcfg.shard_fingerprint()])[:12])
 
 
 def _encode(wh, snapshot, shards, tokenizer, tok_dir, out_dir, stamp, cfg, show_progress) -> Path:

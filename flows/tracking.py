@@ -252,7 +252,7 @@ class Tracking:
     def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
         """Log a matplotlib figure as a PNG artifact and close it (no file is left behind)."""
         self.flush(wait=True)  # metrics first, in order; and a known outage is waited out here
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # deferred: the caller drew the figure, so it is imported already
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name

@@ -38,7 +38,7 @@ from tokenizers import Tokenizer
 from model.chat_data import conversation_prompt_ids
 from model.generate import stream
 from model.llama import Llama
-from tasks.bpe import END_OF_TURN
+from model.tokenizer import END_OF_TURN
 
 
 def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:

@@ -21,7 +21,7 @@ Rows (JSONL, .jsonl.gz or Parquet), in the formats TRL and the hubs use:
 Every row read is either an example or a quarantine entry {"source", "line", "reason", "preview"},
 so the counts always reconcile. Blank lines are not rows.
 
-Tokens: a conversation is exactly `tasks.bpe.render_chat`'s string (what the HF export's
+Tokens: a conversation is exactly `model.tokenizer.render_chat`'s string (what the HF export's
 apply_chat_template gives), tokenized with the role and end-of-turn markers as their special ids
 and every content through the plain-text encoder, so text such as "<|user|>" inside a message is
 plain text and never a marker. The loss mask is True on assistant content and on the
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from tasks.bpe import ASSISTANT, END_OF_TURN, EOT, SPECIAL_TOKENS, SYSTEM, USER, plain_text_encoder
+from model.tokenizer import ASSISTANT, END_OF_TURN, EOT, SPECIAL_TOKENS, SYSTEM, USER, plain_text_encoder
 
 ROLES = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 TEXT_ROLE = "text"  # a plain-text SFT row: <|endoftext|> then the text, every token learned (as in pretraining)
@@ -312,7 +312,7 @@ def _encoders(tokenizer: Tokenizer) -> tuple[Tokenizer, dict[str, int]]:
 
 def _content_ids(plain: Tokenizer, specials: dict[str, int], text: str) -> list[int]:
     ids = plain.encode(text).ids
-    if set(ids) & set(specials.values()):  # cannot happen with tasks.bpe tokenizers; guard anyway
+    if set(ids) & set(specials.values()):  # cannot happen with crawl2model tokenizers; guard anyway
         raise ValueError(f"plain-text encoding of {text[:40]!r} produced a special id")
     return ids
 

@@ -1,7 +1,7 @@
 """Checkpoints: safetensors for every tensor (weights, optimizer state, RNG), JSON for the rest.
 
     from model.checkpoint import save_checkpoint, load_checkpoint, latest_checkpoint
-    save_checkpoint(folder / "step-000100", model, optimizer, {"step": 100, "config": cfg.to_dict(), ...})
+    save_checkpoint(step_folder(folder, 100), model, optimizer, {"step": 100, "config": cfg.to_dict(), ...})
     path = latest_checkpoint(folder)                       # newest complete one, or None
     meta = load_checkpoint(path, model, optimizer, expect_config=cfg.to_dict())
 
@@ -71,6 +71,11 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     shutil.rmtree(path, ignore_errors=True)
     os.rename(tmp, path)
     return path
+
+
+def step_folder(run: Path, step: int) -> Path:
+    """The checkpoint of `step` in a run's folder: step-NNNNNN (sorts by step)."""
+    return Path(run) / f"step-{step:06d}"
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -14,7 +14,9 @@ MLP (three matrices) costs about what a 4 * dim two-matrix MLP would.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from model.settings import from_known_fields
 
 FFN_MULTIPLE_OF = 64
 
@@ -114,12 +116,3 @@ class ModelConfig:
         if include_lm_head:
             n += self.dim * self.vocab_size
         return 6 * n + 12 * self.n_layers * self.dim * seq_len
-
-
-def from_known_fields(cls, values: dict):
-    """cls(**values) for a dataclass, refusing unknown keys by name (a typo is an error, not ignored)."""
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**values)

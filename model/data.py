@@ -1,4 +1,4 @@
-"""Training batches from token shards (tasks.token_shards): random windows drawn from a seed and
+"""Training batches from token shards (model.shards): random windows drawn from a seed and
 a step number, so a resumed run draws exactly the batches an uninterrupted one would have.
 
     from model.data import ShardBatches
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.token_shards import ShardSet
+from model.shards import ShardSet
 
 
 class ShardBatches:

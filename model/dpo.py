@@ -26,7 +26,8 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo")
+from model.settings import LOSS_TYPES
+
 
 
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, completion_mask: torch.Tensor,

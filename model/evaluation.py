@@ -48,7 +48,7 @@ from model.dpo import collate_pairs, pair_logps
 from model.generate import generate
 from model.llama import Llama
 from model.sampling import load_model_and_tokenizer
-from tasks.bpe import END_OF_TURN, plain_text_encoder
+from model.tokenizer import END_OF_TURN, plain_text_encoder
 
 EOT_ID = 0  # <|endoftext|>, the first special token of every crawl2model tokenizer
 DEGENERACY_TOKENS = 48  # greedy tokens per reply for eval/distinct_2, eval/repetition_rate, eval/ended_rate

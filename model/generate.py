@@ -1,5 +1,7 @@
 """Batched sampling from a model.llama.Llama with its KV cache.
 
+    .venv/bin/python -m model.generate CHECKPOINT "The " [--max-new-tokens 64] [--temperature 0.8]
+
     from model.generate import generate, stream
     new = generate(model, [[5, 9, 2], [7]], max_new_tokens=50, temperature=0.8, top_p=0.95,
                    eos_id=0, seed=1234)        # new[i]: the tokens generated after prompts[i]
@@ -19,6 +21,7 @@ tell an eos stop from running out of max_new_tokens. The model's train/eval mode
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 
 import torch
@@ -140,3 +143,24 @@ def stream(model: Llama, prompt: list[int], max_new_tokens: int, temperature: fl
             model.train(was_training)
 
     return tokens()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Continue a prompt with a checkpoint (its own tokenizer), as plain text: `model/` alone."""
+    # Deferred: model.sampling imports this module (generate); only the command line needs it back.
+    from model.sampling import generate_text
+
+    parser = argparse.ArgumentParser(description="Continue a prompt with a crawl2model checkpoint.")
+    parser.add_argument("checkpoint", help="checkpoint folder (model.safetensors + meta.json)")
+    parser.add_argument("prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(generate_text(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k or None,
+                        seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -45,7 +45,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +53,15 @@ import torch
 from tokenizers import Tokenizer
 
 from model.chat_data import BadRow, chat_prompt_ids, encode_sft, load_sft, reasons, sft_batches
-from model.checkpoint import CheckpointError, latest_checkpoint
-from model.config import from_known_fields
+from model.checkpoint import CheckpointError, latest_checkpoint, step_folder
 from model.generate import generate
 from model.hf import tokenizer_folder
 from model.posttrain import _device, _resume, _save, held_out_split, reply
 from model.sampling import load_model
+from model.settings import RlConfig
+from model.tokenizer import END_OF_TURN
 from model.train import learning_rate, make_optimizer
 from model.verifiable import Problem, accuracy, final_answer, load_problems, problems, reward
-from tasks.bpe import END_OF_TURN
 
 
 # ---------------------------------------------------------------- the loss
@@ -136,64 +136,6 @@ def collate(prompts: list[list[int]], replies: list[list[int]], pad_id: int = 0)
 
 # ---------------------------------------------------------------- the loop
 
-@dataclass
-class RlConfig:
-    base: str                            # checkpoint to tune (the SFT or DPO model)
-    out: str                             # folder for step-NNNNNN checkpoints
-    # model.verifiable.FAMILIES; category, as the pipeline's rl.families and its SFT warm-up rows
-    families: list = field(default_factory=lambda: ["category"])
-    data: str | None = None              # JSONL {"prompt", "answer"} problems instead of the families
-    held_out_fraction: float = 0.2       # of the data's problems, by a hash of the prompt
-    max_steps: int = 30
-    prompts_per_step: int = 8
-    group_size: int = 8                  # replies sampled per prompt
-    max_new_tokens: int = 16             # the worked arithmetic solutions need 48
-    temperature: float = 0.6            # below 1: replies closer to the greedy one, more of them right
-    top_k: int | None = None
-    lr: float = 1e-5                     # 3e-5 and more shook the greedy answers of a small SFT model
-    warmup_steps: int = 0
-    min_lr_ratio: float = 1.0            # 1: constant after warmup
-    schedule: str = "cosine"
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    clip_eps: float = 0.2
-    kl_beta: float = 0.0                 # 0: no reference model is held
-    iterations: int = 1                  # updates per batch of replies (PPO epochs, TRL's num_iterations)
-    micro_batch: int = 32                # replies per forward/backward
-    # SFT rows replayed each step (InstructGPT's PPO-ptx, with the SFT data): their next-token loss
-    # times replay_coef joins the GRPO loss, so what RL does not reward (the assistant's name,
-    # "I don't know", text) is not worn down by it. 0 rows or no replay_data: off
-    replay_data: list = field(default_factory=list)
-    replay_rows: int = 4                 # packed rows of the model's context per step
-    replay_coef: float = 1.0
-    format_reward: float = 0.1
-    heldout_problems: int = 64
-    eval_every: int = 10
-    checkpoint_every: int = 10
-    seed: int = 0
-    sample_prompts: list | None = None   # answered greedily at step 0 and at the end; None: two held-out prompts
-    resume: str = "auto"                 # auto: the latest checkpoint in `out`; never: start over
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.resume not in ("auto", "never"):
-            raise ValueError(f"resume must be 'auto' or 'never', got {self.resume!r}")
-        if min(self.max_steps, self.prompts_per_step, self.iterations, self.micro_batch, self.heldout_problems,
-               self.eval_every, self.checkpoint_every) < 1 or self.group_size < 2:
-            raise ValueError("max_steps, prompts_per_step, iterations, micro_batch, heldout_problems, eval_every and "
-                             "checkpoint_every must be >= 1, group_size >= 2")
-        self.families = list(self.families)
-        if self.sample_prompts is None:
-            self.sample_prompts = [p.prompt for p in problem_sets(self)[1][:2]]
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "RlConfig":
-        return from_known_fields(cls, values)
-
-
 def problem_sets(cfg: RlConfig, fits=None) -> tuple[list[Problem], list[Problem], dict]:
     """(train, held-out, the "data" event): the families' splits, or the data file split by a
     hash of each prompt (as flows.assistant_data does, so the eval stage holds out the same).
@@ -237,6 +179,7 @@ def run_rl(cfg: RlConfig, log=None) -> dict:
     emit(event)
     if not train or not held:
         raise ValueError(f"rl needs train and held-out problems; got {len(train)} and {len(held)}")
+    sample_prompts = cfg.sample_prompts if cfg.sample_prompts is not None else [p.prompt for p in held[:2]]
 
     replay = None
     if cfg.replay_data and cfg.replay_rows:
@@ -264,8 +207,8 @@ def run_rl(cfg: RlConfig, log=None) -> dict:
 
     def evaluation(samples: bool) -> dict:
         result = {"rl/accuracy_heldout": accuracy(model, tokenizer, held, cfg.max_new_tokens)}
-        if samples and cfg.sample_prompts:
-            result["samples"] = reply(model, tokenizer, list(cfg.sample_prompts), cfg.max_new_tokens)
+        if samples and sample_prompts:
+            result["samples"] = reply(model, tokenizer, list(sample_prompts), cfg.max_new_tokens)
         return result
 
     if start == 0:
@@ -301,7 +244,7 @@ def run_rl(cfg: RlConfig, log=None) -> dict:
             metrics.update(evaluation(samples=done == cfg.max_steps))
         emit(metrics)
         if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            _save(out / f"step-{done:06d}", model, optimizer,
+            _save(step_folder(out, done), model, optimizer,
                   {"step": done, **saved_meta, "data": {"seed": cfg.seed, "train": len(train), "held_out": len(held)},
                    "metrics": metrics}, False)
     return metrics

@@ -38,8 +38,9 @@ from safetensors.torch import save_file
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.llama import Llama, hf_name
+from model.tokenizer import END_OF_TURN, EOT, write_hf_files
 
-EOT_ID, END_OF_TURN_ID = 0, 4  # tasks.bpe.SPECIAL_TOKENS order: <|endoftext|> ... <|end_of_turn|>
+EOT_ID, END_OF_TURN_ID = 0, 4  # model.tokenizer.SPECIAL_TOKENS order: <|endoftext|> ... <|end_of_turn|>
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -108,8 +109,6 @@ def generation_config() -> dict:
 def _write_tokenizer(source: Path, dest: Path, config: ModelConfig) -> None:
     from tokenizers import Tokenizer
 
-    from tasks.bpe import END_OF_TURN, EOT, hf_config as tokenizer_hf_config
-
     tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise HFExportError(f"the tokenizer at {source} has {tokenizer.get_vocab_size()} tokens, more than the "
@@ -118,10 +117,7 @@ def _write_tokenizer(source: Path, dest: Path, config: ModelConfig) -> None:
         raise HFExportError(f"the tokenizer at {source} is not a crawl2model tokenizer "
                             f"({EOT} should be id {EOT_ID} and {END_OF_TURN} id {END_OF_TURN_ID})")
     shutil.copyfile(source / "tokenizer.json", dest / "tokenizer.json")
-    settings = tokenizer_hf_config(model_max_length=config.max_seq_len)
-    (dest / "tokenizer_config.json").write_text(json.dumps(settings, indent=1))
-    specials = {k: settings[k] for k in ("eos_token", "pad_token", "additional_special_tokens")}
-    (dest / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
+    write_hf_files(dest, model_max_length=config.max_seq_len)
 
 
 def _hf_tensors(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -27,12 +27,13 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-DEFAULT_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+from model.settings import LORA_TARGETS
+
 ADAPTER = "default"
 
 
 def add_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16, dropout: float = 0.0,
-             target_modules: Sequence[str] = DEFAULT_TARGETS) -> torch.nn.Module:
+             target_modules: Sequence[str] = LORA_TARGETS) -> torch.nn.Module:
     """Inject LoRA adapters (peft) into the named linear layers, in place; returns the model.
     Afterwards only the adapters' parameters require grad."""
     if _tuner_layers(model):

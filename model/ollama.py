@@ -5,7 +5,7 @@
     path = write_modelfile(Path("out/gguf/model-q4_k_m.gguf"))   # out/gguf/model-q4_k_m.Modelfile
 
 The TEMPLATE is a Go text/template over Ollama's `.Messages` that renders the prompt
-tasks.bpe.render_chat renders: `<|role|>content<|end_of_turn|>` per turn, then `<|assistant|>`
+model.tokenizer.render_chat renders: `<|role|>content<|end_of_turn|>` per turn, then `<|assistant|>`
 (Ollama always asks for the assistant's turn). A role other than system/user/assistant gets no
 role token. Ollama is not installed here and Go templates do not run in Python, so
 render_ollama_template is a small evaluator of the constructs TEMPLATE uses (text, `{{- -}}`

@@ -52,7 +52,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -63,85 +63,22 @@ from tokenizers import Tokenizer
 
 from model.chat_data import (IGNORE, BadRow, _cut, chat_prompt_ids, encode_preference, encode_sft,
                              load_preferences, load_sft, reasons, sft_batches)
-from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from model.config import from_known_fields
+from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, step_folder
 from model.data import ShardBatches
-from model.dpo import LOSS_TYPES, collate_pairs, dpo_batch_loss, precompute_reference
+from model.dpo import collate_pairs, dpo_batch_loss, precompute_reference
 from model.generate import generate
 from model.hf import tokenizer_folder
 from model.llama import Llama
-from model.lora import (DEFAULT_TARGETS, adapters_disabled, add_lora, load_lora_state_dict, lora_settings,
+from model.lora import (adapters_disabled, add_lora, load_lora_state_dict, lora_settings,
                         lora_state_dict, merge_lora, trainable_parameters)
 from model.sampling import load_model
+from model.settings import PosttrainConfig
+from model.tokenizer import END_OF_TURN
 from model.train import evaluate, learning_rate, make_optimizer
-from tasks.bpe import END_OF_TURN
 
-# Peak learning rates for small models: (kind, LoRA?) -> lr. LoRA's low-rank updates start from
-# zero and need a larger step; DPO moves a model that already answers, so it steps gently (self-play
-# DPO of the sample's small model at 5e-5 raised its val perplexity by 60%; at 1e-5 by 2%).
-DEFAULT_LR = {("sft", False): 3e-4, ("sft", True): 2e-3, ("dpo", False): 1e-5, ("dpo", True): 1e-4}
-DEFAULT_PROMPTS = ["What is this website about?", "Write two sentences about the internet."]
 PREVIEW_CHARS = 160
 VAL_BATCH = 8  # windows per val batch, whatever micro_batch is: SFT and DPO score the same val windows
 QUARANTINE_SHOWN = 200  # quarantine entries carried by the "data" event (all are counted in "reasons")
-
-
-@dataclass
-class PosttrainConfig:
-    kind: str                            # "sft" or "dpo"
-    base: str                            # checkpoint to start from: pretrained (SFT) or SFT (DPO)
-    out: str                             # folder for step-NNNNNN checkpoints
-    data: str | list                     # JSONL / JSONL.gz / Parquet (model.chat_data formats); several files are read in order
-    held_out_fraction: float = 0.1       # by a hash of each example's content
-    max_steps: int = 60
-    micro_batch: int = 8                 # sequences (SFT) or pairs (DPO) per forward/backward
-    grad_accumulation: int = 1           # micro-batches per optimizer step
-    lr: float | None = None              # default: DEFAULT_LR[(kind, lora_rank > 0)]
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 5
-    schedule: str = "cosine"             # or "wsd" (model.train.learning_rate)
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seq_len: int | None = None           # default: the base's max_seq_len
-    pack: bool = False                   # SFT: several examples per row (model.chat_data.sft_batches)
-    beta: float = 0.1                    # DPO
-    loss_type: str = "sigmoid"           # DPO: "sigmoid" or "ipo"
-    label_smoothing: float = 0.0         # DPO: conservative DPO
-    lora_rank: int = 0                   # 0: full fine-tuning
-    lora_alpha: float = 16
-    lora_dropout: float = 0.0
-    lora_targets: tuple = DEFAULT_TARGETS
-    eval_every: int = 20
-    checkpoint_every: int = 20
-    eval_batches: int = 10               # held-out and pretraining-val batches per evaluation
-    seed: int = 0
-    sample_prompts: list = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # user turns
-    sample_tokens: int = 48
-    resume: str = "auto"                 # auto: the latest checkpoint in `out`; never: start over
-    device: str = "auto"                 # auto, cpu, cuda
-    bf16: bool | None = None             # autocast; default: on CUDA only
-
-    def __post_init__(self):
-        if self.kind not in ("sft", "dpo"):
-            raise ValueError(f"kind must be 'sft' or 'dpo', got {self.kind!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown DPO loss_type {self.loss_type!r}; known: {', '.join(LOSS_TYPES)}")
-        if not 0.0 <= self.held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
-        if self.resume not in ("auto", "never"):
-            raise ValueError(f"resume must be 'auto' or 'never', got {self.resume!r}")
-        if min(self.max_steps, self.micro_batch, self.grad_accumulation, self.eval_every, self.checkpoint_every) < 1:
-            raise ValueError("max_steps, micro_batch, grad_accumulation, eval_every, checkpoint_every must be >= 1")
-        self.lora_targets = tuple(self.lora_targets)
-        if self.lr is None:
-            self.lr = DEFAULT_LR[(self.kind, self.lora_rank > 0)]
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PosttrainConfig":
-        return from_known_fields(cls, values)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -439,7 +376,7 @@ def _run(cfg: PosttrainConfig, task_class, log=None) -> dict:
             metrics.update(evaluation(samples=done == cfg.max_steps))
         emit(metrics)
         if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            _save(out / f"step-{done:06d}", model, optimizer,
+            _save(step_folder(out, done), model, optimizer,
                   {"step": done, **saved_meta, "data": {"seed": cfg.seed, "train": len(train), "held_out": len(held),
                                                         "next_batch": done * accumulation}, "metrics": metrics},
                   bool(cfg.lora_rank))

@@ -1,8 +1,8 @@
 """Text in, text out with a pretraining checkpoint: finds the tokenizer the checkpoint was trained
 with (through its shard manifest) and continues a prompt.
 
-    from model.sampling import generate_text, newest_checkpoint
-    print(generate_text(newest_checkpoint("c2m-data"), "The ", max_new_tokens=64, temperature=0.8, top_k=50))
+    from model.sampling import generate_text
+    print(generate_text("c2m-data/checkpoints/<run>/step-000100", "The ", max_new_tokens=64, temperature=0.8))
 """
 
 from __future__ import annotations
@@ -17,15 +17,9 @@ from model.config import ModelConfig
 from model.generate import generate
 from model.hf import tokenizer_folder
 from model.llama import Llama
+from model.tokenizer import EOT
 
-__all__ = ["CheckpointError", "generate_text", "load_model", "load_model_and_tokenizer", "newest_checkpoint"]
-
-
-def newest_checkpoint(root: str | Path) -> Path:
-    found = [p for p in (Path(root) / "checkpoints").glob("*/step-*") if ".tmp-" not in p.name and (p / "meta.json").exists()]
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {Path(root) / 'checkpoints'}: run `crawl2model train` first")
-    return max(found, key=lambda p: (p / "meta.json").stat().st_mtime)
+__all__ = ["CheckpointError", "generate_text", "load_model", "load_model_and_tokenizer"]
 
 
 def load_model(path: str | Path) -> tuple[Llama, dict]:
@@ -49,8 +43,6 @@ def load_model_and_tokenizer(path: str | Path):
 
 def generate_text(path: str | Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8,
                   top_k: int | None = 50, top_p: float | None = None, seed: int = 0) -> str:
-    from tasks.bpe import EOT
-
     model, tokenizer = load_model_and_tokenizer(path)
     ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id(EOT)]
     with torch.no_grad():

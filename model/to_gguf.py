@@ -7,7 +7,7 @@
     .venv/bin/python -m model.to_gguf CHECKPOINT OUT.gguf [QUANT]     # the same from a shell
 
 Architecture "llama" with every hyperparameter llama.cpp reads, and the tokenizer: model "gpt2"
-(byte-level BPE), pre-tokenizer "smaug-bpe" (GPT-4's split regex, the one tasks.bpe trains
+(byte-level BPE), pre-tokenizer "smaug-bpe" (GPT-4's split regex, the one tasks/bpe.py trains
 with, *without* the ignore_merges shortcut "llama-bpe" turns on: a word found whole in the vocab
 skipping the merges, which our Hugging Face BPE never does; a trained tokenizer's tokens encode
 to themselves, so both agree in practice, but smaug-bpe is our algorithm exactly), the vocab
@@ -116,7 +116,7 @@ def _write(checkpoint: Path, out: Path, quant: str, tokenizer: Path | None) -> N
 
     from model.config import ModelConfig
     from model.llama import gguf_name
-    from tasks.bpe import CHAT_TEMPLATE, END_OF_TURN, EOT
+    from model.tokenizer import CHAT_TEMPLATE, END_OF_TURN, EOT
 
     meta = json.loads((checkpoint / "meta.json").read_text())
     cfg = ModelConfig.from_dict(meta["config"])

@@ -25,53 +25,21 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from model.config import ModelConfig, from_known_fields
+from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, step_folder
+from model.config import ModelConfig
 from model.data import ShardBatches
 from model.llama import Llama
+from model.settings import TrainConfig
+from model.tokenizer import load_tokenizer
 
 # Dense bf16 peak FLOP/s of known accelerators, for MFU (per device).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-
-@dataclass
-class TrainConfig:
-    manifest: str
-    out: str
-    preset: str = "small"
-    model_overrides: dict = field(default_factory=dict)
-    seq_len: int | None = None           # default: the preset's max_seq_len
-    micro_batch: int = 8                 # sequences per forward/backward per process
-    tokens_per_step: int = 16_384        # global; gradient accumulation makes up the rest
-    max_steps: int = 300
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    schedule: str = "cosine"             # or "wsd": warmup, stable, then linear decay over decay_fraction
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 20
-    checkpoint_every: int = 100
-    seed: int = 0
-    resume: str = "auto"                 # auto: the latest complete checkpoint in `out`; never: start over
-    device: str = "auto"                 # auto, cpu, cuda
-    compile: bool | None = None          # default: on CUDA only
-    bf16: bool | None = None             # default: on CUDA only
-    sample_prompts: list = field(default_factory=list)  # token id lists generated from at each eval
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        return from_known_fields(cls, values)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -122,6 +90,16 @@ def evaluate(model: Llama, val: ShardBatches, batches: int, device, autocast) ->
     return sum(losses) / max(1, len(losses))
 
 
+def sample_prompt_ids(prompts: list, manifest: dict) -> list[list[int]]:
+    """Token ids of the sample prompts: text is encoded with the tokenizer the manifest names."""
+    if not prompts or not isinstance(prompts[0], str):
+        return [list(p) for p in prompts]
+    if "tokenizer" not in manifest:
+        raise ValueError("sample_prompts are text, but the manifest names no tokenizer: give token id lists or []")
+    tokenizer = load_tokenizer(Path(manifest["tokenizer"]).parent)
+    return [tokenizer.encode(p).ids for p in prompts]
+
+
 def train(cfg: TrainConfig, log=None) -> dict:
     """Train; returns the last metrics. `log(dict)` receives each metrics line (rank 0)."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -134,8 +112,11 @@ def train(cfg: TrainConfig, log=None) -> dict:
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
 
+    if not (cfg.manifest and cfg.out):
+        raise ValueError("give the token shard manifest and the output folder (manifest=..., out=...)")
     manifest = json.loads(Path(cfg.manifest).read_text())
     model_config = ModelConfig.from_preset(cfg.preset, manifest["vocab_size"], **cfg.model_overrides)
+    sample_ids = sample_prompt_ids(cfg.sample_prompts, manifest)
     seq_len = cfg.seq_len or model_config.max_seq_len
     per_step = cfg.micro_batch * seq_len * world
     accumulation = max(1, round(cfg.tokens_per_step / per_step))
@@ -198,15 +179,15 @@ def train(cfg: TrainConfig, log=None) -> dict:
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
             metrics["val/loss"] = evaluate(model, val, cfg.eval_batches, device, autocast)
             metrics["val/ppl"] = math.exp(min(metrics["val/loss"], 50))
-            if cfg.sample_prompts and rank == 0:
+            if sample_ids and rank == 0:
                 from model.generate import generate
 
                 model.eval()
-                metrics["samples"] = generate(model, cfg.sample_prompts, max_new_tokens=32, temperature=0.0)
+                metrics["samples"] = generate(model, sample_ids, max_new_tokens=32, temperature=0.0)
                 model.train()
         emit(metrics)
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
-            save_checkpoint(out / f"step-{done:06d}", model, optimizer,
+            save_checkpoint(step_folder(out, done), model, optimizer,
                             {"step": done, "config": model_config.to_dict(), "train": asdict(cfg),
                              "data": {"seed": cfg.seed, "next_batch": done * accumulation}, "metrics": metrics})
     if distributed:

@@ -1,7 +1,9 @@
-"""Byte-level BPE tokenizer: trained with Hugging Face `tokenizers`, saved so that `tokenizers`
-and `transformers` load it and agree on every id.
+"""Byte-level BPE tokenizer training with Hugging Face `tokenizers`; saving, loading, the special
+tokens and the chat template are the model's (model/tokenizer.py), so that `tokenizers` and
+`transformers` load what is trained here and agree on every id.
 
-    from tasks.bpe import train_tokenizer, save_tokenizer, load_tokenizer
+    from tasks.bpe import train_tokenizer
+    from model.tokenizer import save_tokenizer, load_tokenizer
     tok = train_tokenizer(batches_of_texts, vocab_size=8192)     # batches: an iterable of lists
     folder = save_tokenizer(tok, root / "tokenizer" / "abc123")  # tokenizer.json + tokenizer_config.json
     tok = load_tokenizer(folder)
@@ -12,34 +14,22 @@ and every byte is in the base alphabet, so `decode(encode(s)) == s` for any Unic
 role byte fallback plays for non-byte-level BPE; no unknown token exists). No normalizer, no
 post-processor: encoding adds no special tokens, the pipeline places them. Special tokens: end
 of text (between documents) and the chat-turn tokens, with a Jinja chat template that
-transformers' `apply_chat_template` and `render_chat` here render alike.
+transformers' `apply_chat_template` and `model.tokenizer.render_chat` render alike.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterable
-from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-EOT = "<|endoftext|>"
-SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|end_of_turn|>"
-SPECIAL_TOKENS = (EOT, SYSTEM, USER, ASSISTANT, END_OF_TURN)  # ids 0..4 in this order
+from model.tokenizer import SPECIAL_TOKENS
 
 # GPT-4's split: contractions, words with one leading non-letter, numbers of up to 3 digits,
 # punctuation runs, newlines, other whitespace (a space before a word stays with the word).
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end_of_turn|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 
 
 def new_tokenizer() -> Tokenizer:
@@ -63,60 +53,6 @@ def train_tokenizer(batches: Iterable[list[str]], vocab_size: int, min_frequency
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(batches, trainer=trainer, length=length)
     return tokenizer
-
-
-def plain_text_encoder(tokenizer: Tokenizer) -> Tokenizer:
-    """The same tokenizer without its special tokens matched in the input: a crawled page that
-    contains the text "<|endoftext|>" must not put an end-of-text id into the training stream
-    (the pipeline places those itself). Same ids for every other text."""
-    spec = json.loads(tokenizer.to_str())
-    spec["added_tokens"] = []
-    return Tokenizer.from_str(json.dumps(spec))
-
-
-def hf_config(model_max_length: int) -> dict:
-    """tokenizer_config.json for transformers' PreTrainedTokenizerFast."""
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": None, "eos_token": EOT, "pad_token": EOT, "unk_token": None,
-        "additional_special_tokens": [SYSTEM, USER, ASSISTANT, END_OF_TURN],
-        "model_max_length": model_max_length,
-        "clean_up_tokenization_spaces": False,
-        "add_prefix_space": False,
-        "chat_template": CHAT_TEMPLATE,
-    }
-
-
-def save_tokenizer(tokenizer: Tokenizer, folder: Path, model_max_length: int = 2048) -> Path:
-    """tokenizer.json, tokenizer_config.json, special_tokens_map.json, written to a temporary
-    folder that is renamed into place (complete or absent)."""
-    folder = Path(folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tokenizer.save(str(tmp / "tokenizer.json"))
-    config = hf_config(model_max_length)
-    (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
-    specials = {k: config[k] for k in ("eos_token", "pad_token", "additional_special_tokens")}
-    (tmp / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.rename(tmp, folder)
-    return folder
-
-
-def load_tokenizer(folder: Path) -> Tokenizer:
-    path = Path(folder) / "tokenizer.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no tokenizer at {path}: run `crawl2model tokenizer train` first")
-    return Tokenizer.from_file(str(path))
-
-
-def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The chat template rendered with jinja2, as transformers renders it."""
-    import jinja2
-
-    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(CHAT_TEMPLATE)
-    return template.render(messages=messages, add_generation_prompt=add_generation_prompt)
 
 
 def longest_merges(tokenizer: Tokenizer, n: int = 50) -> list[dict]:

@@ -33,6 +33,9 @@ from pathlib import Path
 
 from stdnum import luhn
 
+from warehouse import Warehouse
+from warehouse.pii_queries import kept_text_contains
+
 KINDS = ("email", "phone", "card")
 FIRST = ("Margarethe Tobias Aurelio Ingrid Desmond Priya Casimir Lucinda Oswin Fenella Rasmus Odalys Thaddeus "
          "Wilhelmina").split()
@@ -166,15 +169,8 @@ def load_canaries(folder: Path) -> list[Canary]:
 def warehouse_leaks(root: Path, canaries: list[Canary]) -> list[str]:
     """Ids of the canaries whose secret (as written, or without separators) is in the text of a
     document the warehouse keeps (kept_documents), in the canaries' order."""
-    from warehouse import Warehouse
-
-    leaked = []
     with Warehouse.open(Path(root), read_only=True) as wh:
-        for c in canaries:
-            if wh.con.execute("SELECT count(*) FROM kept_documents WHERE contains(text, ?) OR contains(text, ?)",
-                              [c.secret, compact(c.secret)]).fetchone()[0]:
-                leaked.append(c.id)
-    return leaked
+        return [c.id for c in canaries if kept_text_contains(wh.con, [c.secret, compact(c.secret)])]
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ union-find, the split of components at their centers and the rule that picks the
     key = exact_hash(text)                  # equal for texts that differ in case/space/punctuation
     hasher = MinHasher()                    # 112 permutations = 14 bands x 8 rows, word 5-grams
     sigs = hasher.signatures(texts)         # (n, 112) uint64
-    found = near_duplicate_clusters(con, doc_ids, sigs, hasher, verify_threshold=0.8, texts=texts_by_id)
+    found = near_duplicate_clusters(con, docs, sigs, hasher, verify_threshold=0.8, exact=True)
     removed = duplicates_to_remove(found.clusters, docs_by_id)   # {removed doc_id: kept doc_id}
 
     python -m tasks.dedup      # the S-curve, and precision/recall on ../shared/data/neardup
@@ -320,32 +320,34 @@ class NearDuplicates:
     merged_pairs: int               # pairs left after verification, given to union-find
 
 
-def near_duplicate_clusters(con, doc_ids: list[str], signatures: np.ndarray, hasher: MinHasher,
-                            verify_threshold: float | None = None, texts: Mapping[str, str] | None = None,
+def near_duplicate_clusters(con, docs: Sequence[dict], signatures: np.ndarray, hasher: MinHasher,
+                            verify_threshold: float | None = None, exact: bool = False,
                             table: str = "minhash_bands") -> NearDuplicates:
     """Signatures -> band table in DuckDB -> candidate pairs -> verification -> union-find ->
-    groups split at their centers (`split_at_centers`; the center is the longest text).
+    groups split at their centers, the center being the document the cluster keeps (`kept_rank`:
+    the rule the pipeline's stage uses, tasks.dedup_snapshot). `docs` are dicts with `doc_id` and
+    `text` (and optionally `snapshot_created_at`), in the order of `signatures`' rows.
 
     With `verify_threshold`, a candidate pair is merged only when its Jaccard reaches it:
-    estimated from the signatures, or, when `texts` ({doc_id: text}) is given, computed
-    exactly on the shingles of the candidate documents (the more precise of the two).
-    Without it every candidate pair is merged and components are not split.
+    estimated from the signatures, or with `exact` computed on the shingles of the candidate
+    documents (the more precise of the two). Without it every candidate pair is merged and
+    components are not split.
     """
+    doc_ids = [d["doc_id"] for d in docs]
     write_band_table(con, table, doc_ids, hasher.band_hashes(signatures))
     candidates = pairs = candidate_pairs(con, table)
     if verify_threshold is None:
         return NearDuplicates(cluster_pairs(pairs), len(candidates), len(pairs))
-    if texts is not None:
-        jaccard = ShingleJaccard(texts, hasher.ngram)
-        chars = {doc_id: len(texts[doc_id]) for pair in pairs for doc_id in pair}
+    by_id = {d["doc_id"]: d for d in docs}
+    if exact:
+        jaccard = ShingleJaccard({doc_id: by_id[doc_id]["text"] for pair in pairs for doc_id in pair}, hasher.ngram)
     else:
         row = {doc_id: i for i, doc_id in enumerate(doc_ids)}
         jaccard = lambda a, b: estimated_jaccard(signatures[row[a]], signatures[row[b]])  # noqa: E731
-        chars = {}
     pairs = [(a, b) for a, b in pairs if jaccard(a, b) >= verify_threshold]
     groups = {}
     for members in cluster_pairs(pairs).values():
-        for group in split_at_centers(members, lambda d: (-chars.get(d, 0), d),
+        for group in split_at_centers(members, lambda d: kept_rank(by_id[d]),
                                       lambda a, b: jaccard(a, b) >= verify_threshold):
             if len(group) > 1:
                 groups[min(group)] = sorted(group)
@@ -382,13 +384,11 @@ def evaluate(docs: list[dict], hasher: MinHasher | None = None, threshold: float
 
     hasher = hasher or MinHasher()
     truth = true_duplicate_pairs(docs, threshold, hasher.ngram) if truth is None else truth
-    doc_ids = [d["doc_id"] for d in docs]
-    texts = {d["doc_id"]: d["text"] for d in docs} if verify_exact else None
     started = time.perf_counter()
     signatures = hasher.signatures([d["text"] for d in docs])
     signed = time.perf_counter()
     with duckdb.connect() as con:
-        found = near_duplicate_clusters(con, doc_ids, signatures, hasher, verify_threshold, texts)
+        found = near_duplicate_clusters(con, docs, signatures, hasher, verify_threshold, verify_exact)
     finished = time.perf_counter()
     predicted = {(a, b) for ids in found.clusters.values() for i, a in enumerate(ids) for b in ids[i + 1:]}
     hits = len(predicted & truth)

@@ -33,7 +33,7 @@ from model.generate import generate, stream
 from model.llama import Llama
 from model.posttrain import reply
 from model.sampling import load_model
-from tasks.bpe import END_OF_TURN, USER, render_chat
+from model.tokenizer import END_OF_TURN, USER, render_chat
 from tests.test_posttrain import ANSWER, sft, world  # noqa: F401  (fixtures: the tiny world and its SFT run)
 
 REPO = Path(__file__).resolve().parents[1]

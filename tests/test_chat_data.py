@@ -27,7 +27,8 @@ from model.chat_data import (
     sft_example,
     text_rows,
 )
-from tasks.bpe import END_OF_TURN, EOT, SPECIAL_TOKENS, render_chat, train_tokenizer
+from model.tokenizer import END_OF_TURN, EOT, SPECIAL_TOKENS, render_chat
+from tasks.bpe import train_tokenizer
 from tests.conftest import shared
 
 torch.set_num_threads(1)

@@ -147,7 +147,8 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_result(tmp_path, prefect_ser
 
 @pytest.mark.parametrize("args, message", [
     (["curate", "/no/such/file.warc.gz"], "does not exist"),
-    (["curate", "x.warc.gz", "curate.langauge.min_score=0.5"], "curate.langauge"),
+    (["curate", "x.warc.gz", "curate.langauge.min_score=0.5"], "curate.langauge: unknown config key (did you mean curate.language?)"),
+    (["run", "sft.max_step=3"], "sft.max_step: unknown config key (did you mean sft.max_steps?)"),
     (["curate", "x.warc.gz", "curate.language.min_score=lots"], "curate.language.min_score"),
     (["sft", "--data", "/no/such.jsonl"], "no such file"),
     (["dpo"], "no sft checkpoint"),
@@ -168,8 +169,24 @@ def test_user_errors_are_clear_and_early(tmp_path, args, message):
     assert not (tmp_path / "root" / "warehouse.duckdb").exists()
 
 
-def test_help_names_the_commands(tmp_path):
+def test_help_lists_the_pipeline_then_using_the_model_then_operations(tmp_path):
     result = c2m("--help", root=tmp_path)
     assert result.returncode == 0
-    for command in ("run", "curate", "warehouse"):
-        assert command in result.stdout
+    listed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("│ ") and line.split()[1].isascii()
+              and not line.split()[1].startswith("-")]
+    panels = [line for line in result.stdout.splitlines() if line.startswith("╭─ ")]
+    assert [p.split("─ ")[1].split(" ─")[0] for p in panels] == ["Options", "The pipeline and its stages",
+                                                                "Using the model", "Operations"]
+    stages = ["run", "curate", "dedup", "scrub", "tokenizer", "train", "generate", "sft", "dpo", "rl", "eval", "export"]
+    assert [c for c in listed if c in stages] == stages and listed.index("export") < listed.index("chat")
+    assert listed.index("models") < listed.index("doctor") and {"ui", "config", "warehouse"} <= set(listed)
+
+
+def test_config_show_lists_every_key_with_its_value_and_meaning(tmp_path):
+    result = c2m("config", "show", "rl.lr=0.0001", "rl.", "pretrain.max_steps", root=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines()
+            if line.startswith("│ ") and line.split("│")[1].strip()}
+    assert rows["rl.lr"] == "0.0001" and rows["rl.max_steps"] == "40" and "pretrain.max_steps" in rows
+    assert not [k for k in rows if not k.startswith(("rl.", "pretrain.max_steps"))]
+    assert "completions sampled per prompt" in result.stdout  # rl.group_size's meaning

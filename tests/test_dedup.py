@@ -325,7 +325,7 @@ def kept_set(docs: list[dict], verify_threshold: float | None) -> tuple[set[str]
     hasher = MinHasher()
     doc_ids = [d["doc_id"] for d in docs]
     with duckdb.connect() as con:
-        found = near_duplicate_clusters(con, doc_ids, hasher.signatures([d["text"] for d in docs]), hasher,
+        found = near_duplicate_clusters(con, docs, hasher.signatures([d["text"] for d in docs]), hasher,
                                         verify_threshold)
     removed = duplicates_to_remove(found.clusters, {d["doc_id"]: d for d in docs})
     return set(doc_ids) - set(removed), removed

@@ -16,6 +16,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import pytest
 from mlflow import MlflowClient
 
@@ -23,7 +24,8 @@ from crawl2model.config import load_config
 from flows.dedup import run_dedup
 from flows.pipeline import run_pipeline
 from flows.scrub import run_scrub
-from tasks.dedup import ShingleJaccard, exact_hash, true_duplicate_pairs
+from tasks.dedup import (MinHasher, ShingleJaccard, duplicates_to_remove, exact_hash, near_duplicate_clusters,
+                         true_duplicate_pairs)
 from tests.conftest import query, shared
 from warehouse import Warehouse
 
@@ -129,6 +131,20 @@ def test_near_dedup_precision_and_recall_against_brute_force(pipeline_run):
     by_hash = Counter(exact_hash(text) for text in texts.values())
     exact = query(root, "select count(*) from rejections where reason = 'exact_duplicate'")[0][0]
     assert exact == sum(n - 1 for n in by_hash.values()) >= 15
+
+
+def test_the_measured_in_memory_path_keeps_what_the_stage_keeps(pipeline_run):
+    """`python -m tasks.dedup` and bench/dedup.py measure tasks.dedup.near_duplicate_clusters; the
+    stage runs tasks.dedup_snapshot. One rule picks the kept document, so on one snapshot they keep
+    the same documents (exact verification at the stage's threshold)."""
+    root = pipeline_run["root"]
+    docs = [{"doc_id": doc_id, "text": text} for doc_id, text in sorted(curated_texts(root).items())]
+    hasher = MinHasher()
+    with duckdb.connect() as con:
+        found = near_duplicate_clusters(con, docs, hasher.signatures([d["text"] for d in docs]), hasher, 0.8, exact=True)
+    removed = duplicates_to_remove(found.clusters, {d["doc_id"]: d for d in docs})
+    stage_removed = dict(query(root, "select doc_id, duplicate_of from documents where duplicate_of is not null"))
+    assert len(removed) > 100 and removed == stage_removed
 
 
 def test_counts_reconcile_from_curation_to_pii(pipeline_run):

@@ -15,7 +15,8 @@ from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.evaluation import EOT_ID, degeneracy, distinct_n, repetition_rate, replies, suite
 from model.llama import Llama
-from tasks.bpe import END_OF_TURN, plain_text_encoder, save_tokenizer, train_tokenizer
+from model.tokenizer import END_OF_TURN, plain_text_encoder, save_tokenizer
+from tasks.bpe import train_tokenizer
 from tests.test_posttrain import one_thread  # noqa: F401 - autouse fixture: one torch thread
 
 ANSWER = "It is a small site about old harbour towns."

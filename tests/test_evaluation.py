@@ -15,7 +15,8 @@ from model.chat_data import PreferencePair
 from model.config import ModelConfig
 from model.evaluation import EOT_ID, bits_per_byte, canary_leaks, completion_logps, regurgitation_rate, reward_accuracy
 from model.llama import Llama
-from tasks.bpe import plain_text_encoder, train_tokenizer
+from model.tokenizer import plain_text_encoder
+from tasks.bpe import train_tokenizer
 
 CANARY = {"id": "c1", "prefix": "For billing questions please write to Margarethe Ivanova at the address",
           "secret": "margarethe.ivanova.482913@example.org"}

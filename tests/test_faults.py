@@ -215,7 +215,8 @@ def tiny_shards(tmp_path_factory) -> Path:
     """A token shard set of real text (the near-duplicate corpus) under a 300-id BPE tokenizer."""
     import numpy as np
 
-    from tasks.bpe import save_tokenizer, train_tokenizer
+    from model.tokenizer import save_tokenizer
+    from tasks.bpe import train_tokenizer
     from tasks.token_shards import write_manifest, write_shard
     from tests.test_dedup_flow import neardup_docs
     from warehouse.files import file_sha256

@@ -17,7 +17,8 @@ from model.llama import Llama
 from model.ollama import TEMPLATE, modelfile, render_ollama_template, write_modelfile
 from model.sampling import load_model
 from model.to_gguf import FALLBACK_KEY, GGUF_TYPES, GGUFError, export_gguf, permute_rotary, read_gguf_summary
-from tasks.bpe import SPECIAL_TOKENS, plain_text_encoder, render_chat, save_tokenizer, train_tokenizer
+from model.tokenizer import SPECIAL_TOKENS, plain_text_encoder, render_chat, save_tokenizer
+from tasks.bpe import train_tokenizer
 from tests.conftest import shared
 
 ODD = ["naïve café — 東京の天気は晴れ 🙂🚀 \t\r\n x", "  two  spaces\n\n\n   end",

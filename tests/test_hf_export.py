@@ -20,7 +20,8 @@ from model.generate import generate
 from model.hf import HFExportError, export_hf, hf_config, import_hf, tokenizer_folder
 from model.llama import Llama
 from model.sampling import load_model
-from tasks.bpe import EOT, load_tokenizer, render_chat, save_tokenizer, train_tokenizer
+from model.tokenizer import EOT, load_tokenizer, render_chat, save_tokenizer
+from tasks.bpe import train_tokenizer
 from tests.conftest import SHARED_DATA
 
 transformers = pytest.importorskip("transformers")

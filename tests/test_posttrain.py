@@ -21,7 +21,8 @@ from model.hf import tokenizer_folder
 from model.llama import Llama
 from model.posttrain import PosttrainConfig, held_out_split, main, reply, run_dpo, run_sft, self_play_pairs
 from model.sampling import load_model
-from tasks.bpe import load_tokenizer, save_tokenizer, train_tokenizer
+from model.tokenizer import load_tokenizer, save_tokenizer
+from tasks.bpe import train_tokenizer
 from tasks.token_shards import encode_part, write_manifest, write_shard
 from warehouse.files import file_sha256
 

@@ -25,7 +25,8 @@ from flows.pretrain import run_pretrain
 from flows.rl import run_rl
 from model import llamacpp
 from model.knowledge import REFUSAL, _reply_text
-from model.sampling import generate_text, newest_checkpoint
+from crawl2model.layout import DataRoot
+from model.sampling import generate_text
 from tasks.token_shards import is_val
 from tests.conftest import query
 from tests.test_dedup_flow import neardup_docs, write_pages  # at import time: it imports tests.conftest
@@ -81,7 +82,7 @@ def test_pipeline_trains_tracks_and_generates(tmp_path, data_root, prefect_serve
                       "sft-data"]
 
     assert run_pretrain(cfg).no_op
-    assert newest_checkpoint(data_root) == result.rl.checkpoint  # the last one written
+    assert DataRoot(data_root).newest_checkpoint() == result.rl.checkpoint  # the last one written
     text = generate_text(summary.checkpoint, "The ", max_new_tokens=8, temperature=0.0)
     assert isinstance(text, str) and text == generate_text(summary.checkpoint, "The ", max_new_tokens=8, temperature=0.0)
 

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -134,7 +135,7 @@ def test_register_and_promote_against_a_real_mlflow_server(tuned, data_root, pre
     # a fresh Python, as a user would: the champion answers exactly like the checkpoint (greedy)
     script = ("import json, mlflow.pyfunc; m = mlflow.pyfunc.load_model('models:/c2m-test@champion'); "
               "print(json.dumps(m.predict(['Tell me something about cats?'], params={'max_new_tokens': 8})))")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -145,3 +146,11 @@ def test_register_and_promote_against_a_real_mlflow_server(tuned, data_root, pre
     model, _ = load_model(tuned["good"])
     tokenizer = Tokenizer.from_file(str(tokenizer_folder(tuned["good"]) / "tokenizer.json"))
     assert json.loads(done.stdout.strip().splitlines()[-1]) == reply(model, tokenizer, ["Tell me something about cats?"], 8)
+
+    # what the registry holds: code (model/ and the pyfunc file), safetensors weights and JSON; no pickle
+    local = Path(mlflow.artifacts.download_artifacts("models:/c2m-test/2", dst_path=str(tmp_path / "registered")))
+    files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    assert "model_code_path" in (local / "MLmodel").read_text() and "pyfunc_model.py" in files
+    assert {f.split("/")[1] for f in files if f.startswith("code/")} == {"model"}
+    assert "artifacts/checkpoint/model.safetensors" in files

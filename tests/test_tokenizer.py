@@ -11,27 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.bpe import (
-    EOT,
-    SPECIAL_TOKENS,
-    bytes_per_token,
-    load_tokenizer,
-    plain_text_encoder,
-    render_chat,
-    save_tokenizer,
-    train_tokenizer,
-)
-from tasks.token_shards import (
-    HEADER,
-    ShardError,
-    ShardSet,
-    assemble,
-    encode_part,
-    is_val,
-    read_header,
-    write_manifest,
-    write_shard,
-)
+from model.shards import HEADER, ShardError, ShardSet, read_header
+from model.tokenizer import EOT, SPECIAL_TOKENS, load_tokenizer, plain_text_encoder, render_chat, save_tokenizer
+from tasks.bpe import bytes_per_token, train_tokenizer
+from tasks.token_shards import assemble, encode_part, is_val, write_manifest, write_shard
 from tests.conftest import shared
 from tests.test_dedup_flow import neardup_docs, write_pages  # at import time: it imports tests.conftest
 from warehouse.files import file_sha256
@@ -188,13 +171,14 @@ def test_tokenizer_stage_counts_resumes_and_is_a_no_op_again(corpus_pages, data_
 
     from crawl2model.config import load_config
     from flows.pipeline import run_pipeline
-    from flows.tokenize_corpus import latest, run_tokenizer
+    from crawl2model.layout import DataRoot
+    from flows.tokenize_corpus import run_tokenizer
 
     cfg = load_config(overrides=["curate.workers=2", "tokenizer.vocab_size=1024", "tokenizer.shard_tokens=4096",
                                  "tokenizer.val_fraction=0.25"], data_root=data_root)
     result = run_pipeline([str(corpus_pages)], cfg, until="tokenizer", show_progress=False)
     summary = result.tokenizer
-    assert summary.trained and summary.encoded and latest(data_root, "shards") == summary.manifest.parent
+    assert summary.trained and summary.encoded and DataRoot(data_root).latest("shards") == summary.manifest.parent
     manifest = json.loads(summary.manifest.read_text())
 
     # every kept document, encoded, plus one end-of-text each, is in its split's shards

@@ -22,7 +22,7 @@ from tasks.token_shards import write_manifest, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"preset": "tiny", "micro_batch": 4, "tokens_per_step": 1024, "warmup_steps": 2, "eval_every": 4,
-            "eval_batches": 2, "checkpoint_every": 4, "lr": 3e-3}
+            "eval_batches": 2, "checkpoint_every": 4, "lr": 3e-3, "sample_prompts": []}
 
 
 @pytest.fixture(scope="module")

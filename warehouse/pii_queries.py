@@ -63,3 +63,12 @@ def apply_scrub(con: duckdb.DuckDBPyConnection, snapshot: str, scrub_files: list
     finally:
         con.execute("DROP TABLE IF EXISTS scrubbed; DROP TABLE IF EXISTS scrubbed_kept")
     return totals
+
+
+def kept_text_contains(con: duckdb.DuckDBPyConnection, variants: list[str]) -> bool:
+    """Whether the text of a document the warehouse keeps contains any of the strings (a planted
+    secret, as written and without separators: the privacy audit's leak check)."""
+    if not variants:
+        return False
+    found = " OR ".join(["contains(text, ?)"] * len(variants))  # the strings themselves are parameters
+    return con.execute(f"SELECT count(*) > 0 FROM kept_documents WHERE {found}", variants).fetchone()[0]
