@@ -6,7 +6,7 @@
     root.latest("shards")                  # the newest shard folder (shards/latest names it)
     root.checkpoint_run("sft", key)        # checkpoints/sft-<key[:12]>/
     root.newest_of_stage("dpo")            # the newest finished checkpoint a stage wrote
-    root.done(out)                         # <out>/summary.json: a finished tuning run, or None
+    root.done(out)                         # <out>/summary.json (written last): a finished tuning run, or None
 
     <data root>/
       warehouse.duckdb, parquet/           the warehouse (warehouse/ reads and writes these)
@@ -31,6 +31,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+SUMMARY_FILE = "summary.json"  # written last into a tuning run's folder: the run is finished
 TUNED_STAGES = ("rl", "dpo", "sft")  # the last tuning stage first: the newest tuned model is its
 
 
@@ -109,7 +110,7 @@ class DataRoot:
     @staticmethod
     def done(run: Path) -> Path | None:
         """A tuning run's summary.json, written last: the run is finished (else None)."""
-        summary = Path(run) / "summary.json"
+        summary = Path(run) / SUMMARY_FILE
         return summary if summary.exists() else None
 
     # --- everything else

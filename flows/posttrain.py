@@ -49,7 +49,7 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, TuneConfig, stable_hash
-from crawl2model.layout import DataRoot
+from crawl2model.layout import SUMMARY_FILE, DataRoot
 from flows.assistant_data import assistant_sft_rows, knowledge_facts
 from flows.progress import progress_bar
 from flows.tracking import Tracking, flatten
@@ -356,7 +356,7 @@ def _tune(cfg: Config, stage: str, base: Path | None, parent_run_id: str | None)
         tracking.log_text(run_id, "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in stream.quarantine),
                           f"{stage}/quarantine.jsonl")
         record = {k: str(v) if isinstance(v, Path) else v for k, v in summary.__dict__.items() if k != "no_op"}
-        _write_jsonl(out, done.name, [record])  # last: marks the stage done
+        _write_jsonl(out, SUMMARY_FILE, [record])  # last: marks the stage done
     return summary
 
 

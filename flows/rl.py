@@ -33,7 +33,7 @@ from prefect.cache_policies import NONE
 from prefect.context import get_run_context
 
 from crawl2model.config import Config, stable_hash
-from crawl2model.layout import DataRoot
+from crawl2model.layout import SUMMARY_FILE, DataRoot
 from flows.assistant_data import USER_PROBLEMS_HELD_OUT, problem_split
 from flows.evaluate import lineage
 from flows.posttrain import MetricStream, TuneSummary, _write_jsonl, samples_table
@@ -129,7 +129,7 @@ def rl_flow(cfg: Config, base: Path | None = None, parent_run_id: str | None = N
         logger.info("rl: held-out accuracy %.3f -> %.3f in %.0fs", first.get("rl/accuracy_heldout", float("nan")),
                     stream.after.get("rl/accuracy_heldout", float("nan")), seconds)
         record = {k: str(v) if isinstance(v, Path) else v for k, v in summary.__dict__.items() if k != "no_op"}
-        _write_jsonl(out, done.name, [record])  # last: marks the stage done
+        _write_jsonl(out, SUMMARY_FILE, [record])  # last: marks the stage done
     return summary
 
 
