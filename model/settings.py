@@ -190,7 +190,8 @@ class RlConfig(Settings):
     data: str | None = setting(None, 'JSONL {"prompt", "answer"} problems instead of the built-in ones')
     held_out_fraction: float = setting(0.2, "of the data's problems, by a hash of the prompt (the pipeline: "
                                        "the eval stage's share)", ge=0, lt=1)
-    max_steps: int = setting(32, "the pipeline: 0 skips the stage (the DPO model goes on)", ge=0)
+    max_steps: int = setting(40, "the pipeline: 0 skips the stage (the DPO model goes on); 32 steps gained "
+                             "+17.6 / +1.2 / +12.1 points on seeds 0 / 1 / 2, 40 steps +17.2 / +12.5 / +14.8", ge=0)
     prompts_per_step: int = setting(16, ge=1)
     group_size: int = setting(8, "completions sampled per prompt", ge=2)
     max_new_tokens: int = setting(16, "reply tokens (the worked arithmetic solutions need 48)", ge=4)
@@ -220,7 +221,7 @@ class RlConfig(Settings):
     replay_coef: float = setting(1.0, "weight of the replayed rows' loss", ge=0)
     format_reward: float = setting(0.1, "reward of a reply in the answer format, right or wrong", ge=0)
     heldout_problems: int = setting(256, "held-out problems scored during training", ge=1)
-    eval_every: int = setting(16, "steps between held-out scorings", ge=1)
+    eval_every: int = setting(20, "steps between held-out scorings (each ~2.5 s on 2 cores)", ge=1)
     checkpoint_every: int = setting(10, ge=1)
     seed: int = setting(0)
     sample_prompts: list | None = setting(None, "answered greedily at step 0 and at the end; None: two held-out "
