@@ -7,6 +7,8 @@ checks it), so `python -m model.train` and `python -m model.generate` run with t
     model.tokenizer  the tokenizer at run time: special tokens, chat template, load, save, render
     model.shards     the token shard format and its reader (ShardSet); data.py draws batches from it
     model.generate   generate(model, prompts, max_new_tokens, ...): batched sampling with the cache
+    model.settings   the trainers' settings (TrainConfig, PosttrainConfig, RlConfig): the one schema
+                     of the pipeline's pretrain, sft, dpo and rl config keys
     model.train      the pretraining loop (python -m model.train), checkpoint.py
     model.posttrain  SFT and DPO (dpo.py, chat_data.py, lora.py); grpo.py: RL on verifiable rewards
     model.hf         Hugging Face folder export and import
