@@ -108,9 +108,9 @@ def _evaluate(node: ast.AST) -> int | float:
         return UNARY[type(node.op)](_evaluate(node.operand))
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(right) > MAX_EXPONENT or (abs(left) > 1 and
-                                                                          abs(right) * math.log10(abs(left)) > MAX_RESULT_DIGITS)):
-            raise Refused(f"power too large (exponent at most {MAX_EXPONENT}, result at most {MAX_RESULT_DIGITS} digits)")
+        if isinstance(node.op, ast.Pow) and _power_too_large(left, right):
+            raise Refused(f"power too large (exponent at most {MAX_EXPONENT}, "
+                          f"result at most {MAX_RESULT_DIGITS} digits)")
         try:
             value = BINARY[type(node.op)](left, right)
         except ZeroDivisionError:
@@ -123,6 +123,12 @@ def _evaluate(node: ast.AST) -> int | float:
             raise Refused(f"the result has more than {MAX_RESULT_DIGITS} digits")
         return value
     raise Refused(f"{type(node).__name__} is not arithmetic")
+
+
+def _power_too_large(base: int | float, exponent: int | float) -> bool:
+    """Decided before computing: 9 ** 9 ** 9 must never be evaluated."""
+    digits = abs(exponent) * math.log10(abs(base)) if abs(base) > 1 else 0.0
+    return abs(exponent) > MAX_EXPONENT or digits > MAX_RESULT_DIGITS
 
 
 def _format(value: int | float) -> str:
