@@ -32,15 +32,20 @@ import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import Iterator
 
 from crawl2model.layout import DataRoot
 
-# An empty Prefect database at the installed Prefect's newest migration (in the virtual environment)
-PREFECT_TEMPLATE = Path(sys.prefix) / "share" / "crawl2model" / f"prefect-{version('prefect')}.db"
 PREFECT_DATABASE_SETTINGS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+@cache  # looking the version up takes ~60 ms: not at import, where every command (--help too) would pay it
+def prefect_template() -> Path:
+    """An empty Prefect database at the installed Prefect's newest migration (in the virtual environment)."""
+    return Path(sys.prefix) / "share" / "crawl2model" / f"prefect-{version('prefect')}.db"
 
 
 def prepare_environment(root: Path) -> None:
@@ -68,7 +73,7 @@ def prepare_environment(root: Path) -> None:
 def seed_prefect_database(home: Path, template: Path | None = None) -> bool:
     """Copy the empty migrated Prefect database into a PREFECT_HOME that has none (the embedded
     server's default location, no server or database configured); True when copied."""
-    template = template or PREFECT_TEMPLATE
+    template = template or prefect_template()
     database = home / "prefect.db"
     configured = os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in PREFECT_DATABASE_SETTINGS)
     if configured or database.exists() or not template.exists():
@@ -82,7 +87,7 @@ def seed_prefect_database(home: Path, template: Path | None = None) -> bool:
 
 def make_prefect_template(dest: Path | None = None) -> Path:
     """Migrate an empty Prefect database (`prefect server database upgrade`) and keep it as the template."""
-    dest = dest or PREFECT_TEMPLATE
+    dest = dest or prefect_template()
     with tempfile.TemporaryDirectory() as home:
         env = {k: v for k, v in os.environ.items() if k not in PREFECT_DATABASE_SETTINGS + ("PREFECT_API_URL",)}
         subprocess.run([str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"],

@@ -175,12 +175,13 @@ def _server_env(root: Path, prefect_url: str, name: str = "", auth: Credentials 
 
 def _commands(root: Path, prefect_port: int, mlflow_port: int, auth: bool = False) -> dict[str, list[str]]:
     app = ["--app-name", "basic-auth"] if auth else []
+    layout = DataRoot(root)
     return {
         "prefect": [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
         "mlflow": [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{DataRoot(root).mlflow_db}",
-                   "--default-artifact-root", str(DataRoot(root).mlflow_artifacts),
-                   "--artifacts-destination", str(DataRoot(root).mlflow_artifacts), *app],  # else ./mlartifacts of the cwd
+                   "--backend-store-uri", f"sqlite:///{layout.mlflow_db}",
+                   "--default-artifact-root", str(layout.mlflow_artifacts),
+                   "--artifacts-destination", str(layout.mlflow_artifacts), *app],  # else ./mlartifacts of the cwd
     }
 
 
@@ -292,9 +293,10 @@ def start_servers(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
         raise ServerError(f"Prefect and MLflow need two ports, both were given {prefect_port}")
     if auth is not None and importlib.util.find_spec("flask_wtf") is None:  # else it says so only in its log
         raise ServerError("MLflow's basic-auth app needs Flask-WTF: pip install 'crawl2model[auth]'")
-    DataRoot(root).prefect_home.mkdir(parents=True, exist_ok=True)
-    DataRoot(root).mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-    log_dir = DataRoot(root).server_logs
+    layout = DataRoot(root)
+    layout.prefect_home.mkdir(parents=True, exist_ok=True)
+    layout.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    log_dir = layout.server_logs
     log_dir.mkdir(parents=True, exist_ok=True)
 
     prefect_url = f"http://127.0.0.1:{prefect_port}"

@@ -20,7 +20,7 @@ FLOW_ON_A_NEW_ROOT = textwrap.dedent("""
     from pathlib import Path
     import crawl2model.runtime as runtime
     root, template = Path(sys.argv[1]), Path(sys.argv[2])
-    runtime.PREFECT_TEMPLATE = template
+    runtime.prefect_template = lambda: template
     runtime.prepare_environment(root)
     print("SEEDED", (root / "prefect" / "prefect.db").read_bytes() == template.read_bytes())
     from prefect import flow
